@@ -1,0 +1,340 @@
+"""VOLO backbone for dense prediction (mmseg) and classification (mmpretrain)."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..registry import MODELS
+from .arch_zoo import resolve_arch
+from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
+from .embed import Downsample, PatchEmbed, resize_pos_embed
+from .weights import CheckpointError, describe_state_dict, detect_arch, load_volo_weights
+
+#: network index of each block group: outlookers, then three transformer groups
+#: (network.1 is the downsample).
+GROUP_NETWORK_INDEX = (0, 2, 3, 4)
+#: Stride of each block group's output (raw mode).
+GROUP_STRIDES = (8, 16, 16, 16)
+#: Pyramid levels: (block group tapped, output stride).
+PYRAMID_LEVELS = ((0, 4), (0, 8), (2, 16), (3, 32))
+#: Inputs are padded to a multiple of this (the token stride after the downsample).
+SIZE_DIVISOR = 16
+
+
+@MODELS.register_module()
+class VOLO(BaseModule):
+    """VOLO (Vision Outlooker, arXiv 2106.13112) backbone.
+
+    Parameter names follow the official release, so sail-sg/volo and timm checkpoints load
+    as they are through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``.
+
+    Outputs (``feature_pyramid=True``, default): four NCHW maps at strides 4, 8, 16, 32 for
+    decode heads such as UPerHead, made from the block groups as follows (each tap gets its
+    own LayerNorm, ``out_norms.{level}``):
+
+    ====== ====== ========================================= ===========================
+    level  stride tapped output                              resampling
+    ====== ====== ========================================= ===========================
+    0      4      outlooker group (``network.0``)           2x2 stride-2 ConvTranspose
+    1      8      outlooker group (``network.0``)           none
+    2      16     second transformer group (``network.3``)  none
+    3      32     last transformer group (``network.4``)    2x2 max-pool (ceil mode)
+    ====== ====== ========================================= ===========================
+
+    Channels: ``(C0, C0, C, C)`` with ``C0 = embed_dims[0]``, ``C = embed_dims[-1]``; e.g.
+    D1 (192, 192, 384, 384), D2/D3 (256, 256, 512, 512), D4/D5 (384, 384, 768, 768). The
+    attribute ``out_channels`` lists them for the selected ``out_indices``.
+
+    Raw mode (``feature_pyramid=False``): ``out_indices`` pick block groups 0-3 (official
+    ``network.0``, ``.2``, ``.3``, ``.4``; strides 8, 16, 16, 16), returned as NCHW with no norm
+    or resampling (equal to timm's ``forward_intermediates(norm=False)``).
+
+    Any input size works: the input is zero-padded bottom/right to a multiple of 16,
+    ``pos_embed`` is resized (bicubic) when the token grid differs from ``img_size // 16``, and
+    each output is cropped to ``ceil(H / stride) x ceil(W / stride)``.
+
+    Args:
+        arch: 'd1'..'d5' or a dict with ``layers``, ``embed_dims``, ``num_heads`` (4 entries
+            each) and optionally ``mlp_ratio`` (3), ``stem_hidden_dims`` (64). Default: 'd1'.
+        img_size: pretraining resolution; sizes ``pos_embed`` as (img_size // 16)^2.
+            Default: 224.
+        in_channels: input channels. Default: 3.
+        out_indices: outputs to return (pyramid levels or block groups, 0-3).
+            Default: (0, 1, 2, 3).
+        feature_pyramid: pyramid outputs (True) or raw block-group outputs. Default: True.
+        frozen_stages: -1 freezes nothing; n >= 0 freezes the stem and block groups < n
+            (``pos_embed`` with group 1). Default: -1.
+        drop_path_rate: stochastic depth of the last transformer block, increasing linearly
+            over the network as in the official code; outlooker blocks get none (official
+            models were trained so). Default: 0.
+        attn_drop_rate: self-attention dropout. Default: 0.
+        qkv_bias: biases in the value/qkv projections. Default: False.
+        norm_cfg: token norm. Default: LN with eps 1e-5 (official).
+        with_cp: gradient checkpointing per block while training. Default: False.
+        norm_eval: keep the stem's BatchNorms in eval mode while training. Default: False.
+        outlook_impl: outlook-attention implementation (see :mod:`mmvolo.ops`); None follows
+            $MMVOLO_OUTLOOK_IMPL, else 'auto'. Default: None.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads official/timm/converted
+            VOLO weights; other mmengine init configs are applied after VOLO's own init.
+    """
+
+    def __init__(self, arch: str | dict = 'd1', img_size: int | Sequence[int] = 224,
+                 in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 feature_pyramid: bool = True, frozen_stages: int = -1,
+                 drop_path_rate: float = 0., attn_drop_rate: float = 0., qkv_bias: bool = False,
+                 norm_cfg: dict = DEFAULT_NORM_CFG, with_cp: bool = False,
+                 norm_eval: bool = False, outlook_impl: str | None = None,
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        settings = resolve_arch(arch)
+        self.arch_settings = settings
+        self.img_size = _pair(img_size)
+        self.in_channels = in_channels
+        self.out_indices = _check_out_indices(out_indices)
+        self.feature_pyramid = feature_pyramid
+        self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+        self.norm_eval = norm_eval
+        layers, dims, heads = settings['layers'], settings['embed_dims'], settings['num_heads']
+        self.num_layers = sum(layers)
+
+        self.patch_embed = PatchEmbed(in_channels, settings['stem_hidden_dims'], dims[0])
+        self.pos_embed = nn.Parameter(torch.zeros(
+            1, self.img_size[0] // SIZE_DIVISOR, self.img_size[1] // SIZE_DIVISOR, dims[-1]))
+        rates = [drop_path_rate * index / max(self.num_layers - 1, 1)
+                 for index in range(self.num_layers)]
+        network: list[nn.Module] = [nn.Sequential(*[
+            Outlooker(dims[0], heads[0], kernel_size=3, padding=1, stride=2,
+                      mlp_ratio=settings['mlp_ratio'], qkv_bias=qkv_bias, norm_cfg=norm_cfg,
+                      impl=outlook_impl)
+            for _ in range(layers[0])])]
+        network.append(Downsample(dims[0], dims[1], 2))
+        for group in range(1, 4):
+            first = sum(layers[:group])
+            network.append(nn.Sequential(*[
+                VOLOTransformerBlock(dims[group], heads[group], settings['mlp_ratio'], qkv_bias,
+                                     attn_drop_rate, rates[first + index], norm_cfg)
+                for index in range(layers[group])]))
+        self.network = nn.ModuleList(network)
+
+        if feature_pyramid:
+            self.out_norms = nn.ModuleDict({
+                str(level): build_norm_layer(norm_cfg, dims[PYRAMID_LEVELS[level][0]])[1]
+                for level in self.out_indices})
+            if 0 in self.out_indices:
+                self.upsample = nn.ConvTranspose2d(dims[0], dims[0], 2, 2)
+        taps = [PYRAMID_LEVELS[i][0] if feature_pyramid else i for i in self.out_indices]
+        self.out_channels = [dims[group] for group in taps]
+        self._freeze_stages()
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Images (B, in_channels, H, W) -> tuple of NCHW maps (see the class docstring)."""
+        height, width = self._check_input(x)
+        groups = self.forward_groups(_pad_to_multiple(x, SIZE_DIVISOR))
+        if not self.feature_pyramid:
+            return tuple(_crop(groups[i], height, width, GROUP_STRIDES[i])
+                         for i in self.out_indices)
+        return tuple(self._pyramid_level(level, groups, height, width)
+                     for level in self.out_indices)
+
+    def forward_groups(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Run the network on padded images (B, C, H, W), H and W multiples of 16.
+
+        Returns:
+            {block group: NCHW output} for the groups up to the last one needed.
+        """
+        needed = [PYRAMID_LEVELS[i][0] if self.feature_pyramid else i for i in self.out_indices]
+        last_index = GROUP_NETWORK_INDEX[max(needed)]
+        tokens = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/8, W/8, C0)
+        outputs: dict[int, torch.Tensor] = {}
+        for index, module in enumerate(self.network[:last_index + 1]):
+            if index == 2:
+                tokens = tokens + resize_pos_embed(self.pos_embed, tokens.shape[1:3])
+            tokens = self._run_group(module, tokens)
+            if index in GROUP_NETWORK_INDEX:
+                outputs[GROUP_NETWORK_INDEX.index(index)] = tokens
+        return {group: tokens.permute(0, 3, 1, 2) for group, tokens in outputs.items()}
+
+    def _run_group(self, module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(module, nn.Sequential):
+            return module(tokens)
+        for block in module:
+            if self.with_cp and self.training and tokens.requires_grad:
+                tokens = cp.checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+        return tokens
+
+    def _pyramid_level(self, level: int, groups: dict[int, torch.Tensor], height: int,
+                       width: int) -> torch.Tensor:
+        group, stride = PYRAMID_LEVELS[level]
+        norm = self.out_norms[str(level)]
+        feature = norm(groups[group].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if level == 0:
+            feature = self.upsample(feature)
+        elif level == 3:
+            feature = F.max_pool2d(feature, 2, 2, ceil_mode=True)
+        return _crop(feature, height, width, stride)
+
+    def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'VOLO expects images (B, {self.in_channels}, H, W), got a tensor '
+                             f'of shape {tuple(x.shape)}')
+        return x.shape[2], x.shape[3]
+
+    # ---------------------------------------------------------------------------- training
+    def train(self, mode: bool = True) -> VOLO:
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def _freeze_stages(self) -> None:
+        frozen: list[nn.Module] = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        for group in range(min(self.frozen_stages, 4)):
+            start = GROUP_NETWORK_INDEX[group - 1] + 1 if group else 0
+            frozen += list(self.network[start:GROUP_NETWORK_INDEX[group] + 1])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+        if self.frozen_stages >= 2:
+            self.pos_embed.requires_grad = False
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay (besides norms and biases)."""
+        return {'pos_embed'}
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:
+        """Layer id of a parameter for layer-wise lr decay, and the number of ids.
+
+        Ids: 0 for the stem and ``pos_embed``; 1..L for the L blocks in network order (the
+        downsample joins the first transformer block); L + 1 for everything else (pyramid
+        norms/upsampling, heads).
+        """
+        num_ids = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_ids - 1, num_ids
+        name = param_name[len(prefix):]
+        if name.startswith(('patch_embed', 'pos_embed')):
+            return 0, num_ids
+        found = re.match(r'^network\.(\d+)(?:\.(\d+))?\.', name)
+        if not found:
+            return num_ids - 1, num_ids
+        index = int(found.group(1))
+        if index not in GROUP_NETWORK_INDEX:  # the downsample
+            return self._blocks_before(GROUP_NETWORK_INDEX.index(index + 1)) + 1, num_ids
+        group = GROUP_NETWORK_INDEX.index(index)
+        return self._blocks_before(group) + int(found.group(2)) + 1, num_ids
+
+    def _blocks_before(self, group: int) -> int:
+        return sum(self.arch_settings['layers'][:group])
+
+    # ---------------------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """Truncated-normal init as the official code, or load ``init_cfg``'s checkpoint."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            self.load_pretrained(self.init_cfg['checkpoint'])
+            self._is_init = True
+            return
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(_init_linear)
+        if self.init_cfg is not None:
+            super().init_weights()  # the user's own init_cfg, on top
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str) -> None:
+        """Load official/timm/converted VOLO weights (pos_embed resized to ``img_size``).
+
+        Raises:
+            CheckpointError: unreadable file, not VOLO, or another VOLO variant.
+        """
+        grid = tuple(self.pos_embed.shape[1:3])
+        state_dict, report, notes = load_volo_weights(checkpoint, pos_embed_size=grid)
+        self._check_shapes(state_dict, checkpoint)
+        result = self.load_state_dict(state_dict, strict=False)
+        new_layers = [key for key in result.missing_keys if key.startswith(('out_norms.',
+                                                                             'upsample.'))]
+        missing = [key for key in result.missing_keys if key not in new_layers]
+        lines = [f'VOLO: loaded {len(state_dict)} tensors from {checkpoint}'
+                 + (f" ({', '.join(notes)})" if notes else ''),
+                 f'  dropped classification-only keys: {len(report.dropped)}']
+        if report.resized:
+            lines.append(f"  pos_embed resized {report.resized['pos_embed'][0]} -> "
+                         f"{report.resized['pos_embed'][1]}")
+        if new_layers:
+            lines.append(f'  newly initialised pyramid layers: {len(new_layers)} tensors')
+        if missing:
+            lines.append(f'  MISSING from checkpoint: {missing}')
+        if result.unexpected_keys:
+            lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
+        print_log('\n'.join(lines), logger='current')
+
+    def _check_shapes(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        own = self.state_dict()
+        bad = [key for key, value in state_dict.items()
+               if key in own and own[key].shape != value.shape]
+        if not bad:
+            return
+        try:
+            name, size = detect_arch(state_dict)
+            found = f"VOLO-{name} (pretrained at {size[0]}x{size[1]})" if size else name
+        except CheckpointError:
+            found = describe_state_dict(state_dict)
+        raise CheckpointError(
+            f'{source} holds {found} weights whose shapes do not fit this backbone '
+            f'(first mismatch: {bad[0]} {tuple(state_dict[bad[0]].shape)} vs '
+            f'{tuple(own[bad[0]].shape)}); set arch to match the checkpoint')
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f'img_size must be an int or (H, W), got {size}')
+    return int(size[0]), int(size[1])
+
+
+def _check_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
+    indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+    bad = [index for index in indices if not 0 <= index < 4]
+    if not indices or bad:
+        raise ValueError(f'VOLO out_indices must be a non-empty subset of 0..3 (4 pyramid '
+                         f'levels / block groups), got {out_indices}')
+    return indices
+
+
+def _pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) bottom/right so H and W are multiples of ``divisor``."""
+    pad_h = -x.shape[2] % divisor
+    pad_w = -x.shape[3] % divisor
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _crop(feature: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+    """Crop an NCHW map of the padded input to ceil(height/stride) x ceil(width/stride)."""
+    return feature[:, :, :math.ceil(height / stride), :math.ceil(width / stride)]

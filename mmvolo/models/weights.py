@@ -1,0 +1,284 @@
+"""Reading VOLO checkpoints and mapping their keys onto mmvolo's backbone.
+
+One mapping serves the backbone's ``init_cfg=dict(type='Pretrained')`` and the converter
+(``tools/model_converters/volo2mmseg.py``). mmvolo keeps the official parameter names
+(``patch_embed.*``, ``pos_embed``, ``network.{0..4}.*``), so official sail-sg/volo files, timm
+``volo_*`` files and converted files all map the same way: unwrap, strip prefixes, drop the
+classification-only parts (``cls_token``, ``post_network``, ``aux_head``, ``norm``, ``head``)
+unless they are asked for.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .arch_zoo import match_arch
+
+#: Wrappers seen in the wild, tried in this order (``state_dict_ema`` first with ``ema=True``).
+WRAPPER_KEYS = ('state_dict', 'state_dict_ema', 'model', 'model_ema', 'module')
+#: Prefixes stripped from keys: DataParallel/DDP, and segmentors/classifiers (backbone.*).
+STRIPPED_PREFIXES = ('module.', 'backbone.')
+#: Classification-only parameters of VOLO (kept only with ``keep_head=True``).
+HEAD_KEY_PATTERN = re.compile(r'^(cls_token|post_network\.|aux_head\.|norm\.|head\.)')
+#: Keys that identify a VOLO state dict.
+SIGNATURE_KEYS = ('patch_embed.proj.weight', 'network.0.0.attn.attn.weight')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_state_dict` did to each key."""
+    kept: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+    def num_params(self, state_dict: dict[str, torch.Tensor]) -> int:
+        return sum(tensor.numel() for tensor in state_dict.values())
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
+    """Load a checkpoint file onto the CPU without running pickled code.
+
+    ``.safetensors`` files go through safetensors; everything else through
+    ``torch.load(weights_only=True)``. A file that needs arbitrary pickled code is refused
+    unless ``trust=True``.
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, or untrusted file (one-line message).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    if path.endswith('.safetensors'):
+        return _read_safetensors(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        if 'weights_only' not in str(error) and 'Weights only' not in str(error):
+            raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+        if not trust:
+            raise CheckpointError(
+                f'{path} needs arbitrary pickled code to load (not a plain tensor checkpoint); '
+                'refusing. Re-run with --trust (trust=True) only if you trust its source.'
+            ) from None
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f'{path} is a .safetensors file; `pip install safetensors` to '
+                              'read it') from None
+    try:
+        return load_file(path, device='cpu')
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------
+# Unwrapping and recognising
+# ------------------------------------------------------------------------------------------
+def extract_state_dict(obj: Any, ema: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Flat ``{name: tensor}`` from a checkpoint object, with the prefixes stripped.
+
+    Args:
+        obj: what :func:`read_checkpoint` returned.
+        ema: prefer ``state_dict_ema`` / ``model_ema`` when present.
+
+    Returns:
+        (state_dict, notes): notes say which wrapper and prefixes were removed.
+    """
+    notes: list[str] = []
+    order = WRAPPER_KEYS
+    if ema:
+        order = ('state_dict_ema', 'model_ema') + WRAPPER_KEYS
+    while isinstance(obj, dict) and not _is_tensor_dict(obj):
+        wrapper = next((key for key in order if isinstance(obj.get(key), dict)), None)
+        if wrapper is None:
+            break
+        notes.append(f"unwrapped '{wrapper}'")
+        obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'checkpoint holds a {type(obj).__name__}, not a state dict')
+    state_dict = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    for prefix in STRIPPED_PREFIXES:
+        if state_dict and all(key.startswith(prefix) for key in state_dict):
+            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+            notes.append(f"stripped '{prefix}'")
+        elif prefix == 'backbone.' and any(key.startswith(prefix) for key in state_dict):
+            # a whole segmentor/classifier: keep its backbone only
+            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()
+                          if key.startswith(prefix)}
+            notes.append("kept 'backbone.*' of a full model")
+    return state_dict, notes
+
+
+def _is_tensor_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(value, torch.Tensor) for value in obj.values())
+
+
+def is_volo_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    return all(key in state_dict for key in SIGNATURE_KEYS)
+
+
+_LOOKALIKES = (
+    ('layers.0.blocks.0.attn.relative_position_bias_table', 'a Swin Transformer'),
+    ('stages.0.blocks.0.attn.relative_position_bias_table', 'a Swin Transformer'),
+    ('blocks.0.attn.qkv.weight', 'a ViT/DeiT-style transformer'),
+    ('layers.0.0.attn.qkv.weight', 'a ViT-style transformer'),
+    ('layer1.0.conv1.weight', 'a ResNet'),
+    ('stages.0.0.depthwise_conv.weight', 'a ConvNeXt'),
+    ('decode_head.conv_seg.weight', 'an mmseg segmentor'),
+)
+
+
+def describe_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short guess at what a non-VOLO state dict is, for error messages."""
+    if not state_dict:
+        return 'no tensors at all'
+    guess = next((name for key, name in _LOOKALIKES if key in state_dict), None)
+    sample = ', '.join(list(state_dict)[:3])
+    what = f'looks like {guess}' if guess else 'unrecognised layout'
+    return f'{what}; {len(state_dict)} tensors, first keys: {sample}'
+
+
+def require_volo(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming what ``source`` holds if it is not VOLO weights."""
+    if not is_volo_state_dict(state_dict):
+        raise CheckpointError(f'{source} is not a VOLO checkpoint ({describe_state_dict(state_dict)})')
+
+
+# ------------------------------------------------------------------------------------------
+# Architecture detection
+# ------------------------------------------------------------------------------------------
+def infer_settings(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture settings readable from VOLO weights (heads of stages 1-3 excepted).
+
+    Returns:
+        dict with layers, embed_dims, num_heads (stage 0 only; later ones None), mlp_ratio,
+        stem_hidden_dims and img_size (pretraining resolution = 16 x pos_embed grid, or None).
+    """
+    groups = _block_groups(state_dict)
+    if len(groups) != 4:
+        raise CheckpointError(f'VOLO weights with {len(groups)} block groups '
+                              f'(network indices {sorted(groups)}); expected 4')
+    layers = tuple(groups[index] for index in sorted(groups))
+    embed_dims = tuple(state_dict[f'network.{index}.0.norm1.weight'].shape[0]
+                       for index in sorted(groups))
+    outlook_logits = state_dict['network.0.0.attn.attn.weight'].shape[0]
+    kernel_area = 81  # K = 3
+    hidden = state_dict['network.0.0.mlp.fc1.weight'].shape[0]
+    pos_embed = state_dict.get('pos_embed')
+    img_size = None
+    if pos_embed is not None:
+        img_size = (int(pos_embed.shape[1]) * 16, int(pos_embed.shape[2]) * 16)
+    return dict(layers=layers, embed_dims=embed_dims,
+                num_heads=(outlook_logits // kernel_area, None, None, None),
+                mlp_ratio=hidden / embed_dims[0],
+                stem_hidden_dims=int(state_dict['patch_embed.proj.weight'].shape[1]),
+                img_size=img_size)
+
+
+def _block_groups(state_dict: dict[str, torch.Tensor]) -> dict[int, int]:
+    """{network index: number of blocks} for the block groups (the downsample has none)."""
+    counts: dict[int, int] = {}
+    for key in state_dict:
+        found = re.match(r'^network\.(\d+)\.(\d+)\.', key)
+        if found:
+            group, block = int(found.group(1)), int(found.group(2))
+            counts[group] = max(counts.get(group, 0), block + 1)
+    return counts
+
+
+def detect_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, tuple[int, int] | None]:
+    """(variant name 'd1'..'d5', pretraining (H, W)) of VOLO weights.
+
+    Raises:
+        CheckpointError: the weights match no official variant (say what they look like).
+    """
+    settings = infer_settings(state_dict)
+    name = match_arch(settings)
+    if name is None:
+        raise CheckpointError(
+            'VOLO weights match no official variant (layers {layers}, embed_dims {embed_dims}, '
+            'stem {stem_hidden_dims}, mlp_ratio {mlp_ratio:g}); pass the arch as a dict'.format(
+                **settings))
+    return name, settings['img_size']
+
+
+# ------------------------------------------------------------------------------------------
+# Mapping
+# ------------------------------------------------------------------------------------------
+def map_key(key: str) -> str:
+    """mmvolo name of an official/timm VOLO key (identity: mmvolo keeps official names)."""
+    return key
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = False,
+                       pos_embed_size: tuple[int, int] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Map VOLO weights onto mmvolo's names, drop the head unless asked, resize pos_embed.
+
+    Args:
+        state_dict: flat VOLO state dict (see :func:`extract_state_dict`).
+        keep_head: keep ``cls_token``, ``post_network``, ``aux_head``, ``norm``, ``head``.
+        pos_embed_size: target token grid (H/16, W/16) for ``pos_embed``; None keeps it.
+
+    Returns:
+        (converted state dict, report).
+    """
+    from .embed import resize_pos_embed
+
+    report = ConversionReport()
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not keep_head and HEAD_KEY_PATTERN.match(key):
+            report.dropped.append(key)
+            continue
+        new_key = map_key(key)
+        if new_key != key:
+            report.renamed[key] = new_key
+        else:
+            report.kept.append(key)
+        converted[new_key] = value
+    if pos_embed_size is not None and 'pos_embed' in converted:
+        old = converted['pos_embed']
+        converted['pos_embed'] = resize_pos_embed(old, tuple(pos_embed_size))
+        if converted['pos_embed'].shape != old.shape:
+            report.resized['pos_embed'] = (tuple(old.shape), tuple(converted['pos_embed'].shape))
+    return converted, report
+
+
+def load_volo_weights(path: str | os.PathLike, keep_head: bool = False, ema: bool = False,
+                      trust: bool = False, pos_embed_size: tuple[int, int] | None = None
+                      ) -> tuple[dict[str, torch.Tensor], ConversionReport, list[str]]:
+    """Read, unwrap, check and convert a VOLO checkpoint file in one call.
+
+    Returns:
+        (state dict ready for the backbone, report, unwrap notes).
+    """
+    state_dict, notes = extract_state_dict(read_checkpoint(path, trust=trust), ema=ema)
+    require_volo(state_dict, os.fspath(path))
+    converted, report = convert_state_dict(state_dict, keep_head, pos_embed_size)
+    return converted, report, notes

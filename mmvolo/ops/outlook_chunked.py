@@ -1,0 +1,199 @@
+"""Memory-light pure-PyTorch outlook attention, registered as ``'chunked'``.
+
+Formulation (channels-last, no ``F.unfold`` / ``F.fold``):
+
+* ``v`` is copied once into a zero-padded buffer ``vp`` of shape (B, Hp, Wp, C) so that every
+  window position of every output-grid cell is in range.
+* The output grid is processed in chunks of whole rows. For a chunk of ``r`` rows, the K*K
+  windows are read with one ``as_strided`` view of ``vp`` (overlapping windows are just
+  strides) and copied into a (B*r*w*heads, K*K, d) tensor; ``softmax(logits)`` of the chunk
+  is multiplied with it by one ``bmm``.
+* The fold is an overlap-add: for each window offset (ki, kj) the chunk's results are added
+  into the strided slice ``out_p[:, ki::S, kj::S]`` of a padded fp32 output buffer. Chunks
+  that touch the same output rows simply add, so no special halo handling is needed.
+
+Only one chunk of unfolded values and of ``attn @ v`` exists at any time. Backward is a
+``torch.autograd.Function`` that saves only ``v`` and ``logits`` and recomputes per chunk:
+
+    gY  = windows(grad_out)                          # (n, K*K, d), gathered like v
+    gA  = gY @ Vwin^T ;  glogits = A * (gA - sum_k(gA * A))
+    gV  = fold(A^T @ gY)                             # overlap-add like the forward output
+
+Softmax and accumulation run in fp32 for fp16/bf16 inputs (the reference computes them in
+the input dtype, so low-precision results differ from it by rounding only); fp32 and fp64
+inputs are computed in their own dtype.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Tuple
+
+import torch
+
+from .outlook_attention import output_grid, register_outlook_impl
+
+CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
+# Elements of the per-chunk unfolded value tensor (B*r*w*C*K*K); the default is a tuned
+# trade-off between per-op overhead and the working set (see docs/performance.md).
+DEFAULT_CHUNK_ELEMS = 1 << 21
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 are computed in fp32; fp32/fp64 in themselves."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _padded_size(size: int, grid: int, kernel_size: int, padding: int, stride: int) -> int:
+    """Length of a padded axis covering all windows and the (offset by P) image itself."""
+    return max((grid - 1) * stride + kernel_size, padding + size)
+
+
+def _pad(x: torch.Tensor, hp: int, wp: int, padding: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, W, C) -> zero buffer (B, hp, wp, C) in ``dtype`` with x at offset (P, P)."""
+    batch, height, width, channels = x.shape
+    xp = x.new_zeros(batch, hp, wp, channels, dtype=dtype)
+    xp[:, padding:padding + height, padding:padding + width].copy_(x)
+    return xp
+
+
+def _crop(xp: torch.Tensor, height: int, width: int, padding: int) -> torch.Tensor:
+    """Inverse of :func:`_pad`'s placement: (B, hp, wp, C) -> (B, H, W, C) view."""
+    return xp[:, padding:padding + height, padding:padding + width]
+
+
+def _windows(xp: torch.Tensor, row0: int, rows: int, w: int, num_heads: int,
+             kernel_size: int, stride: int) -> torch.Tensor:
+    """Gather the K*K windows of output rows [row0, row0+rows) -> (B*rows*w*heads, K*K, d)."""
+    batch, _, _, channels = xp.shape
+    sb, sh, sw, sc = xp.stride()
+    head_dim = channels // num_heads
+    view = xp.as_strided(
+        (batch, rows, w, num_heads, kernel_size, kernel_size, head_dim),
+        (sb, stride * sh, stride * sw, head_dim * sc, sh, sw, sc),
+        xp.storage_offset() + row0 * stride * sh)
+    return view.reshape(-1, kernel_size * kernel_size, head_dim)
+
+
+def _overlap_add(dst: torch.Tensor, y: torch.Tensor, row0: int, rows: int, w: int,
+                 kernel_size: int, stride: int) -> None:
+    """Fold: add y (B*rows*w*heads, K*K, d) into padded dst (B, hp, wp, C) in place."""
+    batch, _, _, channels = dst.shape
+    y = y.view(batch, rows, w, -1, kernel_size, kernel_size, y.shape[-1])
+    top = row0 * stride
+    for ki in range(kernel_size):
+        rows_sl = slice(top + ki, top + ki + (rows - 1) * stride + 1, stride)
+        for kj in range(kernel_size):
+            cols_sl = slice(kj, kj + (w - 1) * stride + 1, stride)
+            dst[:, rows_sl, cols_sl].add_(y[:, :, :, :, ki, kj].reshape(batch, rows, w,
+                                                                        channels))
+
+
+def _chunk_rows(batch: int, w: int, channels: int, kernel_size: int, h: int) -> int:
+    """Number of output-grid rows per chunk (env var overrides the element budget)."""
+    budget = int(os.environ.get(CHUNK_ENV_VAR, DEFAULT_CHUNK_ELEMS))
+    per_row = batch * w * channels * kernel_size * kernel_size
+    return max(1, min(h, budget // max(per_row, 1)))
+
+
+def _attn(logits: torch.Tensor, row0: int, rows: int, kk: int,
+          dtype: torch.dtype) -> torch.Tensor:
+    """Softmax over k_in of the chunk's logits -> (B*rows*w*heads, K*K, K*K) in ``dtype``."""
+    chunk = logits[:, row0:row0 + rows].to(dtype)
+    return chunk.reshape(-1, kk, kk).softmax(dim=-1)
+
+
+def chunked_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
+                    padding: int, stride: int) -> torch.Tensor:
+    """Forward without autograd bookkeeping; shapes as in :func:`outlook_attention_chunked`."""
+    batch, height, width, channels = v.shape
+    h, w = output_grid(height, width, stride)
+    hp = _padded_size(height, h, kernel_size, padding, stride)
+    wp = _padded_size(width, w, kernel_size, padding, stride)
+    dtype = _compute_dtype(v.dtype)
+    kk = kernel_size * kernel_size
+    vp = _pad(v, hp, wp, padding, dtype)
+    out = vp.new_zeros(vp.shape)
+    step = _chunk_rows(batch, w, channels, kernel_size, h)
+    for row0 in range(0, h, step):
+        rows = min(step, h - row0)
+        vwin = _windows(vp, row0, rows, w, num_heads, kernel_size, stride)
+        y = torch.bmm(_attn(logits, row0, rows, kk, dtype), vwin)
+        _overlap_add(out, y, row0, rows, w, kernel_size, stride)
+    return _crop(out, height, width, padding).to(v.dtype).contiguous()
+
+
+def chunked_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
+                     num_heads: int, kernel_size: int, padding: int, stride: int,
+                     need_v: bool = True,
+                     need_logits: bool = True) -> Tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4)), recomputed per chunk."""
+    batch, height, width, channels = v.shape
+    h, w = output_grid(height, width, stride)
+    hp = _padded_size(height, h, kernel_size, padding, stride)
+    wp = _padded_size(width, w, kernel_size, padding, stride)
+    dtype = _compute_dtype(v.dtype)
+    kk = kernel_size * kernel_size
+    vp = _pad(v, hp, wp, padding, dtype)
+    gp = _pad(grad_out, hp, wp, padding, dtype)
+    grad_vp = vp.new_zeros(vp.shape) if need_v else None
+    grad_logits = logits.new_empty(logits.shape) if need_logits else None
+    step = _chunk_rows(batch, w, channels, kernel_size, h)
+    for row0 in range(0, h, step):
+        rows = min(step, h - row0)
+        attn = _attn(logits, row0, rows, kk, dtype)
+        gy = _windows(gp, row0, rows, w, num_heads, kernel_size, stride)
+        if need_logits:
+            vwin = _windows(vp, row0, rows, w, num_heads, kernel_size, stride)
+            ga = torch.bmm(gy, vwin.transpose(1, 2))
+            gl = attn * (ga - (ga * attn).sum(dim=-1, keepdim=True))
+            grad_logits[:, row0:row0 + rows] = gl.view(batch, rows, w, -1)
+        if need_v:
+            gvwin = torch.bmm(attn.transpose(1, 2), gy)
+            _overlap_add(grad_vp, gvwin, row0, rows, w, kernel_size, stride)
+    grad_v = None
+    if need_v:
+        grad_v = _crop(grad_vp, height, width, padding).to(v.dtype).contiguous()
+    return grad_v, grad_logits
+
+
+class _ChunkedOutlook(torch.autograd.Function):
+    """Autograd wrapper: saves only (v, logits); backward recomputes chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, logits: torch.Tensor, num_heads: int,
+                kernel_size: int, padding: int, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(v, logits)
+        ctx.params = (num_heads, kernel_size, padding, stride)
+        return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        v, logits = ctx.saved_tensors
+        need_v, need_logits = ctx.needs_input_grad[:2]
+        grad_v, grad_logits = chunked_backward(grad_out, v, logits, *ctx.params,
+                                               need_v=need_v, need_logits=need_logits)
+        return grad_v, grad_logits, None, None, None, None
+
+
+@register_outlook_impl('chunked')
+def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: int,
+                              kernel_size: int = 3, padding: int = 1,
+                              stride: int = 1) -> torch.Tensor:
+    """Row-chunked outlook attention with per-chunk recompute in backward.
+
+    Args:
+        v: values, (B, H, W, C).
+        logits: scaled attention logits, (B, ceil(H/S), ceil(W/S), num_heads * K**4).
+        num_heads, kernel_size, padding, stride: as in the reference.
+
+    Returns:
+        (B, H, W, C) in ``v.dtype``.
+    """
+    if torch.is_grad_enabled() and (v.requires_grad or logits.requires_grad):
+        return _ChunkedOutlook.apply(v, logits, num_heads, kernel_size, padding, stride)
+    return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
+
+
+__all__ = ['outlook_attention_chunked', 'chunked_forward', 'chunked_backward',
+           'CHUNK_ENV_VAR', 'DEFAULT_CHUNK_ELEMS']

@@ -1,0 +1,266 @@
+"""What the OpenMMLab stack gets wrong on today's torch, fixed once, here.
+
+Each fix is one function with its reason in the docstring and a test in
+``tests/test_stack_fixes.py``. :func:`apply_import_time_fixes` runs the ones that must be in
+place before mmseg is imported (``import mmvolo`` calls it); the distributed and config fixes
+are called by mmvolo's tools.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+#: Set to 1 to let mmengine's checkpoint loader unpickle any checkpoint that needs code to load.
+TRUST_ENV_VAR = 'MMVOLO_TRUST_CHECKPOINTS'
+
+_trusted_paths: set[str] = set()
+
+
+# --------------------------------------------------------------------------------------------
+# 1. mmcv-lite has no compiled ops, but mmseg imports mmcv.ops unconditionally.
+# --------------------------------------------------------------------------------------------
+class _MissingOp:
+    """Placeholder for a compiled mmcv op: importable, fails with the fix when called."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"mmcv op '{self.name}' needs full mmcv (compiled ops); this environment has "
+            "mmcv-lite. Install mmcv 2.1 with its CUDA/CPU ops to use it.")
+
+
+def _make_mmcv_ext_standin() -> types.ModuleType:
+    module = types.ModuleType('mmcv._ext')
+    module.__doc__ = 'mmvolo stand-in for mmcv-lite: every op raises a clear error when called.'
+    # A spec with loader None: mmengine's mmcv_full_available() reads __spec__ and must
+    # conclude that full mmcv is absent (otherwise revert_sync_batchnorm imports mmcv.ops).
+    module.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', loader=None)
+
+    def __getattr__(name: str) -> _MissingOp:
+        if name.startswith('__'):
+            raise AttributeError(name)
+        return _MissingOp(name)
+
+    module.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    return module
+
+
+def install_mmcv_ext_standin() -> bool:
+    """Make ``import mmseg.models`` work with mmcv-lite.
+
+    mmcv-lite ships no ``mmcv._ext``, yet mmseg 1.2.x imports ``mmcv.ops`` at module level
+    (``mmseg/utils/mask_classification.py`` and others), which loads ``mmcv._ext`` and checks
+    that each op exists. Registers a stand-in module whose ops exist but raise a RuntimeError
+    naming the fix when called. Does nothing when real compiled ops are installed.
+
+    Returns:
+        True if the stand-in was installed.
+    """
+    if 'mmcv._ext' in sys.modules:
+        return False
+    try:
+        if importlib.util.find_spec('mmcv') is None:
+            return False
+        if importlib.util.find_spec('mmcv._ext') is not None:
+            return False
+    except (ImportError, ValueError):
+        return False
+    sys.modules['mmcv._ext'] = _make_mmcv_ext_standin()
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Warnings users cannot act on.
+# --------------------------------------------------------------------------------------------
+_UNACTIONABLE_WARNINGS = (
+    # setuptools, each time mmengine resolves an `mmseg::` config base through pkg_resources
+    (r'pkg_resources is deprecated', UserWarning),
+    # mmengine's FileClient / mmseg's own deprecations triggered inside mmseg, not by users
+    (r'.*FileClient.*deprecated', DeprecationWarning),
+    (r'.*``build_loss`` would be deprecated', UserWarning),
+    (r'.*reduce_zero_label.*deprecated', UserWarning),
+)
+
+
+def silence_unactionable_warnings() -> None:
+    """Filter the stack's warnings that say nothing a user of mmvolo can change.
+
+    ``pkg_resources is deprecated`` appears several times per config load; mmseg's and
+    mmengine's deprecation notices come from their own internals. Only these exact messages are
+    filtered; every other warning still shows.
+    """
+    for message, category in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings('ignore', message=message, category=category)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. torch>=2.6 loads with weights_only=True; mmengine's own checkpoints need pickle code.
+# --------------------------------------------------------------------------------------------
+def trust_checkpoint(path: str | os.PathLike) -> None:
+    """Mark ``path`` as a file the user explicitly asked to resume or test from."""
+    _trusted_paths.add(os.path.realpath(os.fspath(path)))
+
+
+def is_trusted_checkpoint(path: str | os.PathLike) -> bool:
+    """True if ``path`` may be unpickled with code execution.
+
+    Trusted: paths given to :func:`trust_checkpoint` (mmvolo's tools register ``--resume``,
+    ``load_from`` and the tested checkpoint), files inside a Runner work dir (a folder holding
+    mmengine's ``last_checkpoint`` marker, what ``--resume`` picks), or anything when
+    ``$MMVOLO_TRUST_CHECKPOINTS=1``.
+    """
+    if os.environ.get(TRUST_ENV_VAR) == '1':
+        return True
+    real = os.path.realpath(os.fspath(path))
+    return real in _trusted_paths or (Path(real).parent / 'last_checkpoint').is_file()
+
+
+def _is_weights_only_error(error: Exception) -> bool:
+    return 'weights_only' in str(error) or 'Weights only load failed' in str(error)
+
+
+def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
+    """``torch.load`` that is safe by default and still resumes mmengine's own checkpoints.
+
+    torch >= 2.6 defaults to ``weights_only=True``; the Runner's checkpoints hold
+    ``HistoryBuffer``, numpy arrays and ``builtins.getattr``, so resume, ``load_from`` and
+    ``mmseg.apis.init_model`` fail with "Weights only load failed". This loader tries
+    ``weights_only=True`` first (tensor-only files, such as converted weights, always load
+    that way) and unpickles with code only for trusted files (:func:`is_trusted_checkpoint`).
+    """
+    import torch
+
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised below unless it is weights-only
+        if not _is_weights_only_error(error):
+            raise
+        if not is_trusted_checkpoint(filename):
+            raise RuntimeError(
+                f'{filename} needs pickled code to load (it is not tensor-only). Pass it to '
+                f'mmvolo\'s tools as --resume/--checkpoint, or set {TRUST_ENV_VAR}=1 if you '
+                'trust its source.') from None
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def register_checkpoint_loader() -> None:
+    """Route mmengine's local-file checkpoint loading through :func:`load_checkpoint_file`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename: str, map_location: Any) -> Any:
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return load_checkpoint_file(filename, map_location)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Distributed training on machines without CUDA.
+# --------------------------------------------------------------------------------------------
+def init_cpu_process_group(launcher: str) -> bool:
+    """Start a gloo process group for a CPU-only ``torchrun``/slurm launch.
+
+    mmengine's ``init_dist`` for the 'pytorch' launcher calls ``torch.cuda.set_device``
+    unconditionally, which fails without a GPU ("Found no NVIDIA driver" or
+    "_cuda_setDevice"). When CUDA is absent, initialise the group with gloo from the launcher's
+    environment first; the Runner then skips its own initialisation.
+
+    Returns:
+        True if a gloo group was started here.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
+        return False
+    if launcher == 'slurm':
+        _export_slurm_env()
+    dist.init_process_group(backend='gloo')
+    return True
+
+
+def _export_slurm_env() -> None:
+    """Fill torch's env:// variables from slurm's (as mmengine's slurm launcher does)."""
+    env = os.environ
+    env.setdefault('RANK', env.get('SLURM_PROCID', '0'))
+    env.setdefault('WORLD_SIZE', env.get('SLURM_NTASKS', '1'))
+    env.setdefault('LOCAL_RANK', env.get('SLURM_LOCALID', '0'))
+    env.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in env:
+        nodes = env.get('SLURM_NODELIST', '127.0.0.1')
+        env['MASTER_ADDR'] = nodes.split(',')[0].replace('[', '').split('-')[0]
+
+
+def adapt_cfg_to_cpu(cfg: Any) -> list[str]:
+    """Rewrite a Runner config in place so it runs where CUDA is absent.
+
+    - ``env_cfg.dist_cfg.backend``: mmseg's runtime says 'nccl'; gloo is the CPU backend.
+    - ``model_wrapper_cfg``: DDP on a CPU model needs ``device_ids=None`` explicitly
+      ("device_ids ... CPU modules, but got device_ids [0]").
+    - SyncBN cannot run on CPU DDP: every ``SyncBN`` norm config becomes ``BN``
+      (single-process runs revert SyncBN by themselves).
+
+    Returns:
+        One short phrase per change made (for a one-line notice).
+    """
+    changes: list[str] = []
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        dist_cfg['backend'] = 'gloo'
+        changes.append('gloo backend')
+    wrapper = cfg.get('model_wrapper_cfg') or {'type': 'MMDistributedDataParallel'}
+    if 'device_ids' not in wrapper or wrapper['device_ids'] is not None:
+        wrapper['device_ids'] = None
+        cfg['model_wrapper_cfg'] = wrapper
+        changes.append('DDP without device ids')
+    if _replace_norm_type(cfg.get('model'), 'SyncBN', 'BN'):
+        changes.append('SyncBN -> BN')
+    return changes
+
+
+def _replace_norm_type(node: Any, old: str, new: str) -> int:
+    """Replace ``type=old`` by ``type=new`` in every ``norm_cfg`` below ``node``; count them."""
+    count = 0
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == 'norm_cfg' and isinstance(value, dict) and value.get('type') == old:
+                value['type'] = new
+                count += 1
+            else:
+                count += _replace_norm_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_replace_norm_type(item, old, new) for item in node)
+    return count
+
+
+def shutdown_process_group() -> None:
+    """Barrier, then destroy the process group.
+
+    Without it about 1 in 8 CPU (gloo) runs aborted at exit with "terminate called without an
+    active exception" (0 in 16 with it).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+def apply_import_time_fixes() -> None:
+    """The fixes ``import mmvolo`` applies (before mmseg is imported)."""
+    silence_unactionable_warnings()
+    install_mmcv_ext_standin()
+    register_checkpoint_loader()
+
