@@ -26,6 +26,9 @@ WRAPPER_KEYS = ('state_dict', 'state_dict_ema', 'model', 'model_ema', 'module')
 STRIPPED_PREFIXES = ('module.', 'backbone.')
 #: Classification-only parameters of VOLO (kept only with ``keep_head=True``).
 HEAD_KEY_PATTERN = re.compile(r'^(cls_token|post_network\.|aux_head\.|norm\.|head\.)')
+#: Prefixes of an mmpretrain classifier's parts (``ImageClassifier.backbone`` / ``.head``).
+CLASSIFIER_BACKBONE_PREFIX = 'backbone.'
+CLASSIFIER_HEAD_PREFIX = 'head.'
 #: Keys that identify a VOLO state dict.
 SIGNATURE_KEYS = ('patch_embed.proj.weight', 'network.0.0.attn.attn.weight')
 
@@ -127,11 +130,27 @@ def extract_state_dict(obj: Any, ema: bool = False) -> tuple[dict[str, torch.Ten
             state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
             notes.append(f"stripped '{prefix}'")
         elif prefix == 'backbone.' and any(key.startswith(prefix) for key in state_dict):
-            # a whole segmentor/classifier: keep its backbone only
-            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()
-                          if key.startswith(prefix)}
-            notes.append("kept 'backbone.*' of a full model")
+            # a whole segmentor/classifier: keep its backbone, and the VOLO head of an
+            # mmvolo classifier (``head.<official head key>``) under its official name
+            state_dict, kept_head = _split_full_model(state_dict)
+            notes.append("kept 'backbone.*'" + (" and 'head.*'" if kept_head else '')
+                         + ' of a full model')
     return state_dict, notes
+
+
+def _split_full_model(state_dict: dict[str, torch.Tensor]
+                      ) -> tuple[dict[str, torch.Tensor], bool]:
+    """Official keys of a full model's ``backbone.*`` and VOLO ``head.*`` tensors."""
+    flat: dict[str, torch.Tensor] = {}
+    kept_head = False
+    for key, value in state_dict.items():
+        if key.startswith('backbone.'):
+            flat[key[len('backbone.'):]] = value
+        elif key.startswith(CLASSIFIER_HEAD_PREFIX) and HEAD_KEY_PATTERN.match(
+                key[len(CLASSIFIER_HEAD_PREFIX):]):
+            flat[key[len(CLASSIFIER_HEAD_PREFIX):]] = value
+            kept_head = True
+    return flat, kept_head
 
 
 def _is_tensor_dict(obj: dict) -> bool:
@@ -235,8 +254,17 @@ def map_key(key: str) -> str:
     return key
 
 
+def classifier_key(key: str) -> str:
+    """Name of an official VOLO key in mmpretrain's ``ImageClassifier`` with
+    ``VOLOClsHead``: ``head.<key>`` for classification-only keys, else ``backbone.<key>``."""
+    if HEAD_KEY_PATTERN.match(key):
+        return CLASSIFIER_HEAD_PREFIX + key
+    return CLASSIFIER_BACKBONE_PREFIX + key
+
+
 def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = False,
-                       pos_embed_size: tuple[int, int] | None = None
+                       pos_embed_size: tuple[int, int] | None = None,
+                       classifier_layout: bool = False
                        ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Map VOLO weights onto mmvolo's names, drop the head unless asked, resize pos_embed.
 
@@ -244,6 +272,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = Fa
         state_dict: flat VOLO state dict (see :func:`extract_state_dict`).
         keep_head: keep ``cls_token``, ``post_network``, ``aux_head``, ``norm``, ``head``.
         pos_embed_size: target token grid (H/16, W/16) for ``pos_embed``; None keeps it.
+        classifier_layout: name keys as in mmvolo's mmpretrain classifier
+            (:func:`classifier_key`: ``backbone.*``, ``head.*``). Default: False (the
+            backbone's own, official names).
 
     Returns:
         (converted state dict, report).
@@ -257,16 +288,19 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = Fa
             report.dropped.append(key)
             continue
         new_key = map_key(key)
+        if classifier_layout:
+            new_key = classifier_key(new_key)
         if new_key != key:
             report.renamed[key] = new_key
         else:
             report.kept.append(key)
         converted[new_key] = value
-    if pos_embed_size is not None and 'pos_embed' in converted:
-        old = converted['pos_embed']
-        converted['pos_embed'] = resize_pos_embed(old, tuple(pos_embed_size))
-        if converted['pos_embed'].shape != old.shape:
-            report.resized['pos_embed'] = (tuple(old.shape), tuple(converted['pos_embed'].shape))
+    pos_key = classifier_key('pos_embed') if classifier_layout else map_key('pos_embed')
+    if pos_embed_size is not None and pos_key in converted:
+        old = converted[pos_key]
+        converted[pos_key] = resize_pos_embed(old, tuple(pos_embed_size))
+        if converted[pos_key].shape != old.shape:
+            report.resized['pos_embed'] = (tuple(old.shape), tuple(converted[pos_key].shape))
     return converted, report
 
 

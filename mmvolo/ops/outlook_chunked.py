@@ -12,8 +12,10 @@ Formulation (channels-last, no ``F.unfold`` / ``F.fold``):
   into the strided slice ``out_p[:, ki::S, kj::S]`` of a padded fp32 output buffer. Chunks
   that touch the same output rows simply add, so no special halo handling is needed.
 
-Only one chunk of unfolded values and of ``attn @ v`` exists at any time. Backward is a
-``torch.autograd.Function`` that saves only ``v`` and ``logits`` and recomputes per chunk:
+Only one chunk of unfolded values and of ``attn @ v`` exists at any time. The op is a
+``torch.library.custom_op`` (``mmvolo::outlook_chunked_fwd``/``_bwd``) with fake kernels and
+``register_autograd``, so ``torch.compile`` keeps it as one opaque node (no graph break; no
+fusion into it either). Its backward saves only ``v`` and ``logits`` and recomputes per chunk:
 
     gY  = windows(grad_out)                          # (n, K*K, d), gathered like v
     gA  = gY @ Vwin^T ;  glogits = A * (gA - sum_k(gA * A))
@@ -156,24 +158,53 @@ def chunked_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tens
     return grad_v, grad_logits
 
 
-class _ChunkedOutlook(torch.autograd.Function):
-    """Autograd wrapper: saves only (v, logits); backward recomputes chunk by chunk."""
+@torch.library.custom_op('mmvolo::outlook_chunked_fwd', mutates_args=())
+def _chunked_fwd_op(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
+                    padding: int, stride: int) -> torch.Tensor:
+    return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
 
-    @staticmethod
-    def forward(ctx: Any, v: torch.Tensor, logits: torch.Tensor, num_heads: int,
-                kernel_size: int, padding: int, stride: int) -> torch.Tensor:
-        ctx.save_for_backward(v, logits)
-        ctx.params = (num_heads, kernel_size, padding, stride)
-        return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        v, logits = ctx.saved_tensors
-        need_v, need_logits = ctx.needs_input_grad[:2]
-        grad_v, grad_logits = chunked_backward(grad_out, v, logits, *ctx.params,
-                                               need_v=need_v, need_logits=need_logits)
-        return grad_v, grad_logits, None, None, None, None
+@_chunked_fwd_op.register_fake
+def _(v, logits, num_heads, kernel_size, padding, stride):
+    return torch.empty_like(v, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op('mmvolo::outlook_chunked_bwd', mutates_args=())
+def _chunked_bwd_op(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
+                    num_heads: int, kernel_size: int, padding: int, stride: int,
+                    need_v: bool, need_logits: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    grad_v, grad_logits = chunked_backward(grad_out, v, logits, num_heads, kernel_size,
+                                           padding, stride, need_v, need_logits)
+    empty = v.new_empty(0)  # custom ops cannot return None for an unneeded gradient
+    return (empty if grad_v is None else grad_v,
+            empty if grad_logits is None else grad_logits)
+
+
+@_chunked_bwd_op.register_fake
+def _(grad_out, v, logits, num_heads, kernel_size, padding, stride, need_v, need_logits):
+    return (torch.empty_like(v, memory_format=torch.contiguous_format) if need_v
+            else v.new_empty(0),
+            torch.empty_like(logits, memory_format=torch.contiguous_format) if need_logits
+            else v.new_empty(0))
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    v, logits, *params = inputs
+    ctx.save_for_backward(v, logits)
+    ctx.params = tuple(params)
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    """Recompute per chunk from the saved (v, logits); not itself differentiable."""
+    v, logits = ctx.saved_tensors
+    need_v, need_logits = ctx.needs_input_grad[:2]
+    grad_v, grad_logits = _chunked_bwd_op(grad_out, v, logits, *ctx.params,
+                                          bool(need_v), bool(need_logits))
+    return (grad_v if need_v else None, grad_logits if need_logits else None,
+            None, None, None, None)
+
+
+_chunked_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @register_outlook_impl('chunked')
@@ -190,9 +221,7 @@ def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: 
     Returns:
         (B, H, W, C) in ``v.dtype``.
     """
-    if torch.is_grad_enabled() and (v.requires_grad or logits.requires_grad):
-        return _ChunkedOutlook.apply(v, logits, num_heads, kernel_size, padding, stride)
-    return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
+    return _chunked_fwd_op(v, logits, num_heads, kernel_size, padding, stride)
 
 
 __all__ = ['outlook_attention_chunked', 'chunked_forward', 'chunked_backward',

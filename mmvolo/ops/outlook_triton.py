@@ -27,15 +27,15 @@ as one opaque node without a graph break. Remaining limitations: the op is opaqu
 inductor (no fusion with neighbours), and the backward is not itself differentiable
 (no double backward).
 
-On CPU tensors the same kernels run under Triton's interpreter (slow; for tests only): the
-launcher builds ``triton.runtime.interpreter.InterpretedFunction`` objects for them, so no
-environment variable has to be set before importing triton. The registered ``'triton'`` impl
-only claims CUDA tensors (and CPU tensors when ``TRITON_INTERPRET=1``); otherwise the
+With ``TRITON_INTERPRET=1`` set before triton is first imported, ``triton.jit`` returns
+interpreted kernels and :func:`outlook_attention_triton` runs on CPU tensors (slow; for
+tests - they run it in a subprocess). Triton 3.8's interpreter cannot be switched on later
+in a process: ``tl.max``/``tl.sum`` are themselves jitted at import time. The registered
+``'triton'`` impl claims CUDA tensors (and CPU tensors in interpreter mode); otherwise the
 dispatcher falls back to another impl.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, Tuple
 
 import torch
@@ -52,7 +52,8 @@ except ImportError:  # pragma: no cover - exercised only without triton
     HAS_TRITON = False
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-BLOCK_PIXELS = 16
+BLOCK_PIXELS = 16  # pixels (or grid cells) per program on the GPU
+BLOCK_PIXELS_INTERPRETED = 128  # fewer, larger programs: the interpreter pays per program
 NUM_WARPS = 4
 
 
@@ -227,20 +228,20 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
 # Launchers
 # ----------------------------------------------------------------------------------------
 
-_KERNEL_CACHE: Dict[Tuple[str, bool], Any] = {}
+if HAS_TRITON:
+    _FWD = triton.jit(_fwd_kernel)
+    _BWD_LOGITS = triton.jit(_bwd_logits_kernel)
+    _BWD_VALUES = triton.jit(_bwd_values_kernel)
+    # True when TRITON_INTERPRET=1 was set before triton was imported: triton.jit then
+    # returns interpreted kernels, which run on CPU tensors.
+    INTERPRETED = not isinstance(_FWD, triton.runtime.JITFunction)
+else:  # pragma: no cover
+    _FWD = _BWD_LOGITS = _BWD_VALUES = None
+    INTERPRETED = False
 
 
-def _kernel(fn: Callable, device: torch.device) -> Any:
-    """``triton.jit(fn)`` for CUDA tensors; an interpreted kernel for CPU tensors (tests)."""
-    interpret = device.type != 'cuda'
-    key = (fn.__name__, interpret)
-    if key not in _KERNEL_CACHE:
-        if interpret:
-            from triton.runtime.interpreter import InterpretedFunction
-            _KERNEL_CACHE[key] = InterpretedFunction(fn)
-        else:
-            _KERNEL_CACHE[key] = triton.jit(fn)
-    return _KERNEL_CACHE[key]
+def _block() -> int:
+    return BLOCK_PIXELS_INTERPRETED if INTERPRETED else BLOCK_PIXELS
 
 
 def _next_pow2(n: int) -> int:
@@ -253,17 +254,20 @@ def _meta(v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
     head_dim = v.shape[-1] // num_heads
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=max(2, _next_pow2(head_dim)),
                 K=kernel_size, KK_PAD=max(2, _next_pow2(kernel_size * kernel_size)),
-                PADDING=padding, STRIDE=stride, BLOCK=BLOCK_PIXELS)
+                PADDING=padding, STRIDE=stride, BLOCK=_block())
 
 
-def _launch(fn: Callable, grid: Tuple[int, int], device: torch.device, *args: Any,
+def _launch(kernel: Any, grid: Tuple[int, int], device: torch.device, *args: Any,
             **meta: int) -> None:
-    kernel = _kernel(fn, device)
-    if device.type == 'cuda':
+    """Launch on ``device``'s stream; CPU tensors are only accepted by interpreted kernels."""
+    if device.type == 'cuda' and not INTERPRETED:
         with torch.cuda.device(device):
             kernel[grid](*args, **meta, num_warps=NUM_WARPS)
-    else:
+    elif INTERPRETED:
         kernel[grid](*args, **meta)
+    else:
+        raise RuntimeError('outlook_attention_triton: tensors on CPU need TRITON_INTERPRET=1 '
+                           'set before triton is imported')
 
 
 def triton_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
@@ -275,8 +279,8 @@ def triton_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel
     h, w = output_grid(height, width, stride)
     out = torch.empty_like(v)
     meta = _meta(v, num_heads, kernel_size, padding, stride)
-    grid = (triton.cdiv(height * width, BLOCK_PIXELS), batch * num_heads)
-    _launch(_fwd_kernel, grid, v.device, v, logits, out, height, width, h, w, **meta)
+    grid = (triton.cdiv(height * width, _block()), batch * num_heads)
+    _launch(_FWD, grid, v.device, v, logits, out, height, width, h, w, **meta)
     return out
 
 
@@ -293,12 +297,12 @@ def triton_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tenso
     meta = _meta(v, num_heads, kernel_size, padding, stride)
     grad_logits = torch.empty_like(logits)
     lse = torch.empty(batch, h, w, num_heads * kk, device=v.device, dtype=torch.float32)
-    grid_n = (triton.cdiv(h * w, BLOCK_PIXELS), batch * num_heads)
-    _launch(_bwd_logits_kernel, grid_n, v.device, v, logits, grad_out, grad_logits, lse,
+    grid_n = (triton.cdiv(h * w, _block()), batch * num_heads)
+    _launch(_BWD_LOGITS, grid_n, v.device, v, logits, grad_out, grad_logits, lse,
             height, width, h, w, **meta)
     grad_v = torch.empty_like(v)
-    grid_p = (triton.cdiv(height * width, BLOCK_PIXELS), batch * num_heads)
-    _launch(_bwd_values_kernel, grid_p, v.device, logits, lse, grad_out, grad_v,
+    grid_p = (triton.cdiv(height * width, _block()), batch * num_heads)
+    _launch(_BWD_VALUES, grid_p, v.device, logits, lse, grad_out, grad_v,
             height, width, h, w, **meta)
     return grad_v, grad_logits
 
@@ -366,7 +370,7 @@ def triton_supports(v: torch.Tensor, logits: torch.Tensor) -> bool:
         return False
     if v.dtype not in SUPPORTED_DTYPES or logits.dtype not in SUPPORTED_DTYPES:
         return False
-    return v.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1'
+    return v.is_cuda or INTERPRETED
 
 
 if HAS_TRITON:

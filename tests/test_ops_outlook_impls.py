@@ -1,0 +1,308 @@
+"""Outlook attention implementations vs the reference, and the reference vs the paper formula.
+
+Ladder of trust:
+1. ``loop_outlook`` below is a literal transcription of VOLO Eq. 3-5 (loops over output-grid
+   cells, heads and window offsets; scalar-ish torch ops; tiny inputs only).
+2. The reference impl equals it (values and gradients) and passes ``gradcheck`` in float64.
+3. Every other impl equals the reference: fp32 values and grads within 1e-5, fp16/bf16 within
+   the tolerances in ``LOW_PRECISION_TOL`` (measured against the fp32 reference evaluated on
+   the same, already rounded, inputs; the fast impls soft-max and accumulate in fp32, so the
+   error is dominated by rounding the output to 8 (bf16) or 11 (fp16) mantissa bits).
+
+The Triton impl runs under Triton's interpreter, which must be switched on before triton is
+first imported, so its cases run in one subprocess (this file with ``--triton-worker``) and
+the parametrized tests read that subprocess's results.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvolo.ops import IMPL_ENV_VAR, available_impls, outlook_attention
+from mmvolo.ops.outlook_attention import outlook_attention_reference, select_impl
+from mmvolo.ops.outlook_chunked import CHUNK_ENV_VAR, outlook_attention_chunked
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(7, 5), (9, 13), (1, 1), (2, 3), (33, 17)]
+STRIDES = [1, 2]
+HEADS = [1, 2, 3]
+LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # atol == rtol
+TRITON_CASES = [(7, 5, 2, 2), (9, 13, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17, 2, 1),
+                (6, 4, 2, 3)]  # (H, W, stride, heads); batch 2, head_dim 2, K=3, P=1
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+
+def loop_outlook(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
+                 padding: int, stride: int) -> torch.Tensor:
+    """VOLO Eq. 3-5 written out literally: v (B, H, W, C), logits (B, h, w, heads*K^4)."""
+    batch, height, width, channels = v.shape
+    h, w = math.ceil(height / stride), math.ceil(width / stride)
+    kk = kernel_size * kernel_size
+    d = channels // num_heads
+    out = [[[torch.zeros(channels, dtype=v.dtype) for _ in range(width)]
+            for _ in range(height)] for _ in range(batch)]
+    for b, i, j, head in itertools.product(range(batch), range(h), range(w), range(num_heads)):
+        cs = slice(head * d, (head + 1) * d)
+        pos = [(i * stride - padding + k // kernel_size, j * stride - padding + k % kernel_size)
+               for k in range(kk)]
+        for k_o in range(kk):
+            row = logits[b, i, j, (head * kk + k_o) * kk:(head * kk + k_o + 1) * kk]
+            weights = torch.exp(row) / torch.exp(row).sum()
+            y = torch.zeros(d, dtype=v.dtype)
+            for k_in, (py, px) in enumerate(pos):
+                if 0 <= py < height and 0 <= px < width:
+                    y = y + weights[k_in] * v[b, py, px, cs]
+            py, px = pos[k_o]
+            if 0 <= py < height and 0 <= px < width:
+                pixel = out[b][py][px]
+                out[b][py][px] = torch.cat([pixel[:head * d], pixel[head * d:(head + 1) * d] + y,
+                                            pixel[(head + 1) * d:]])
+    return torch.stack([torch.stack([torch.stack(r) for r in img]) for img in out])
+
+
+def make_inputs(height: int, width: int, stride: int, heads: int, head_dim: int = 2,
+                batch: int = 2, kernel_size: int = 3, dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (v, logits, grad_out) for one case, logits scaled like VOLO's (~N(0, 1))."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = math.ceil(height / stride), math.ceil(width / stride)
+    v = torch.randn(batch, height, width, heads * head_dim, generator=gen)
+    logits = torch.randn(batch, h, w, heads * kernel_size ** 4, generator=gen)
+    grad = torch.randn(batch, height, width, heads * head_dim, generator=gen)
+    return v.to(dtype), logits.to(dtype), grad.to(dtype)
+
+
+def value_and_grads(fn, v: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor,
+                    *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, grad_v, grad_logits) of ``fn(v, logits, *args)`` for upstream gradient ``grad``."""
+    v = v.detach().clone().requires_grad_()
+    logits = logits.detach().clone().requires_grad_()
+    out = fn(v, logits, *args)
+    grad_v, grad_logits = torch.autograd.grad(out, (v, logits), grad)
+    return out.detach(), grad_v, grad_logits
+
+
+def max_errors(got, want) -> list[float]:
+    return [(g.float() - w.float()).abs().max().item() for g, w in zip(got, want)]
+
+
+# ------------------------------------------------------------------------------------------
+# Reference vs the literal formula
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('height,width,stride,heads', [(3, 4, 1, 1), (5, 3, 2, 2), (1, 2, 2, 1),
+                                                       (4, 4, 2, 1)])
+def test_reference_matches_loop_formula(height, width, stride, heads):
+    v, logits, grad = make_inputs(height, width, stride, heads, batch=1, dtype=torch.float64)
+    want = value_and_grads(loop_outlook, v, logits, grad, heads, 3, 1, stride)
+    got = value_and_grads(outlook_attention_reference, v, logits, grad, heads, 3, 1, stride)
+    assert max(max_errors(got, want)) < 1e-12
+
+
+@pytest.mark.parametrize('fn', [outlook_attention_reference, outlook_attention_chunked],
+                         ids=['reference', 'chunked'])
+@pytest.mark.parametrize('stride', STRIDES)
+def test_gradcheck_float64(fn, stride, monkeypatch):
+    monkeypatch.setenv(CHUNK_ENV_VAR, '1')  # one grid row per chunk
+    v, logits, _ = make_inputs(3, 4, stride, 2, batch=1, dtype=torch.float64)
+    v.requires_grad_()
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 2, 3, 1, stride), (v, logits))
+
+
+# ------------------------------------------------------------------------------------------
+# Chunked vs reference
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('chunk_elems', ['1', '4096', None], ids=['row', 'small', 'default'])
+@pytest.mark.parametrize('heads', HEADS)
+@pytest.mark.parametrize('stride', STRIDES)
+@pytest.mark.parametrize('height,width', SIZES)
+def test_chunked_matches_reference_fp32(height, width, stride, heads, chunk_elems, monkeypatch):
+    if chunk_elems is not None:
+        monkeypatch.setenv(CHUNK_ENV_VAR, chunk_elems)
+    v, logits, grad = make_inputs(height, width, stride, heads)
+    want = value_and_grads(outlook_attention_reference, v, logits, grad, heads, 3, 1, stride)
+    got = value_and_grads(outlook_attention_chunked, v, logits, grad, heads, 3, 1, stride)
+    assert max(max_errors(got, want)) < 1e-5
+
+
+@pytest.mark.parametrize('kernel_size,padding,stride', [(1, 0, 1), (5, 2, 2), (5, 2, 1)])
+# the reference (F.unfold) needs (H + 2P - K) // S + 1 == ceil(H / S), so P = (K - 1) / 2
+def test_chunked_other_windows(kernel_size, padding, stride, monkeypatch):
+    monkeypatch.setenv(CHUNK_ENV_VAR, '64')
+    v, logits, grad = make_inputs(9, 7, stride, 2, kernel_size=kernel_size)
+    args = (2, kernel_size, padding, stride)
+    want = value_and_grads(outlook_attention_reference, v, logits, grad, *args)
+    got = value_and_grads(outlook_attention_chunked, v, logits, grad, *args)
+    assert max(max_errors(got, want)) < 1e-5
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('stride', STRIDES)
+def test_chunked_low_precision(dtype, stride):
+    v, logits, grad = make_inputs(9, 13, stride, 3, head_dim=4, dtype=dtype)
+    want = value_and_grads(outlook_attention_reference, v.float(), logits.float(), grad.float(),
+                           3, 3, 1, stride)
+    got = value_and_grads(outlook_attention_chunked, v, logits, grad, 3, 3, 1, stride)
+    tol = LOW_PRECISION_TOL[dtype]
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), w, atol=tol, rtol=tol)
+
+
+def test_chunked_keeps_no_grad_graph_free():
+    v, logits, _ = make_inputs(5, 6, 2, 2)
+    with torch.no_grad():
+        out = outlook_attention_chunked(v.requires_grad_(), logits, 2, 3, 1, 2)
+    assert out.grad_fn is None
+
+
+# ------------------------------------------------------------------------------------------
+# Triton (interpreter, in a subprocess)
+# ------------------------------------------------------------------------------------------
+
+def _triton_worker() -> None:
+    """Run every TRITON_CASES case through the triton impl; print max errors as JSON."""
+    from mmvolo.ops.outlook_triton import outlook_attention_triton
+    results = {}
+    for height, width, stride, heads in TRITON_CASES:
+        v, logits, grad = make_inputs(height, width, stride, heads)
+        want = value_and_grads(outlook_attention_reference, v, logits, grad, heads, 3, 1, stride)
+        got = value_and_grads(outlook_attention_triton, v, logits, grad, heads, 3, 1, stride)
+        results[f'{height}x{width}s{stride}h{heads}'] = max_errors(got, want)
+    for dtype in (torch.bfloat16, torch.float16):
+        v, logits, grad = make_inputs(9, 13, 2, 2, head_dim=4, dtype=dtype)
+        want = value_and_grads(outlook_attention_reference, v.float(), logits.float(),
+                               grad.float(), 2, 3, 1, 2)
+        got = value_and_grads(outlook_attention_triton, v, logits, grad, 2, 3, 1, 2)
+        scaled = [((g.float() - w).abs() / (1 + w.abs())).max().item()
+                  for g, w in zip(got, want)]
+        results[str(dtype)] = scaled + [str(t.dtype) for t in got]
+    from mmvolo.ops.outlook_attention import select_impl as select
+    results['auto_cpu_interpreted'] = select(v, 'triton', logits)
+    print('RESULTS ' + json.dumps(results))
+
+
+@pytest.fixture(scope='module')
+def triton_results() -> dict:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f'triton is not importable: {exc}')
+    env = dict(os.environ, TRITON_INTERPRET='1',
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
+    env.pop(IMPL_ENV_VAR, None)
+    proc = subprocess.run([sys.executable, __file__, '--triton-worker'], env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULTS ')]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(lines[-1][len('RESULTS '):])
+
+
+@pytest.mark.parametrize('case', [f'{h}x{w}s{s}h{n}' for h, w, s, n in TRITON_CASES])
+def test_triton_matches_reference_fp32(triton_results, case):
+    assert max(triton_results[case]) < 1e-5, triton_results[case]
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_triton_low_precision(triton_results, dtype):
+    *errors, out_dtype, gv_dtype, gl_dtype = triton_results[str(dtype)]
+    assert out_dtype == gv_dtype == gl_dtype == str(dtype)
+    assert max(errors) < 2 * LOW_PRECISION_TOL[dtype], errors
+
+
+def test_triton_claims_cpu_tensors_when_interpreted(triton_results):
+    assert triton_results['auto_cpu_interpreted'] == 'triton'
+
+
+# ------------------------------------------------------------------------------------------
+# Dispatcher
+# ------------------------------------------------------------------------------------------
+
+def test_impl_names():
+    names = available_impls()
+    assert {'reference', 'chunked'} <= set(names)
+    try:
+        import triton  # noqa: F401
+        assert 'triton' in names
+    except ImportError:
+        assert 'triton' not in names
+
+
+def test_auto_on_cpu_picks_chunked(monkeypatch):
+    monkeypatch.delenv(IMPL_ENV_VAR, raising=False)
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    assert select_impl(v, None, logits) == 'chunked'
+    assert select_impl(v, 'auto', logits) == 'chunked'
+
+
+def test_env_var_selects_impl(monkeypatch):
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    monkeypatch.setenv(IMPL_ENV_VAR, 'reference')
+    assert select_impl(v, None, logits) == 'reference'
+    assert select_impl(v, 'chunked', logits) == 'chunked'  # argument beats env var
+    monkeypatch.setenv(IMPL_ENV_VAR, 'nope')
+    with pytest.raises(ValueError, match='unknown outlook attention impl'):
+        outlook_attention(v, logits, 1, 3, 1, 2)
+
+
+def test_bad_impl_name_raises():
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    with pytest.raises(ValueError, match="'fast'"):
+        outlook_attention(v, logits, 1, 3, 1, 2, impl='fast')
+
+
+def test_triton_on_plain_cpu_falls_back():
+    pytest.importorskip('triton')
+    from mmvolo.ops import outlook_triton
+    if outlook_triton.INTERPRETED:
+        pytest.skip('this process runs triton interpreted')
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    assert select_impl(v, 'triton', logits) == 'chunked'
+    out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
+    torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
+
+
+@pytest.mark.parametrize('impl', ['reference', 'chunked', 'auto'])
+def test_dispatch_results_agree(impl):
+    v, logits, _ = make_inputs(7, 5, 2, 2)
+    out = outlook_attention(v, logits, 2, 3, 1, 2, impl=impl)
+    torch.testing.assert_close(out, outlook_attention_reference(v, logits, 2, 3, 1, 2),
+                               atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# torch.compile
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(torch, 'compile'), reason='torch.compile unavailable')
+def test_compile_chunked_no_graph_break():
+    """fullgraph=True: the chunked custom op must trace without a break (aot_eager keeps it
+    fast: dynamo + AOT autograd are exercised, inductor code generation is not)."""
+    import torch._dynamo
+
+    def fn(v, logits):
+        return outlook_attention(v * 2, logits, 2, 3, 1, 2, impl='chunked').sin()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend='aot_eager', fullgraph=True)
+    v, logits, grad = make_inputs(7, 5, 2, 2)
+    want = value_and_grads(fn, v, logits, grad)
+    got = value_and_grads(compiled, v, logits, grad)
+    assert max(max_errors(got, want)) < 1e-5
+
+
+if __name__ == '__main__' and '--triton-worker' in sys.argv:
+    _triton_worker()
