@@ -10,7 +10,7 @@ from .stack_fixes import apply_import_time_fixes
 apply_import_time_fixes()
 
 from .engine import VOLOLayerDecayOptimWrapperConstructor  # noqa: E402, F401  (registers it)
-from .models import VOLO, Outlooker, OutlookAttention, VOLOTransformerBlock  # noqa: E402
+from .models import VOLO, OutlookAttention, Outlooker, VOLOTransformerBlock  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = ['VOLO', 'OutlookAttention', 'Outlooker', 'VOLOTransformerBlock', '__version__']

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import types
 import warnings
@@ -197,8 +198,15 @@ def _export_slurm_env() -> None:
     env.setdefault('LOCAL_RANK', env.get('SLURM_LOCALID', '0'))
     env.setdefault('MASTER_PORT', '29500')
     if 'MASTER_ADDR' not in env:
-        nodes = env.get('SLURM_NODELIST', '127.0.0.1')
-        env['MASTER_ADDR'] = nodes.split(',')[0].replace('[', '').split('-')[0]
+        env['MASTER_ADDR'] = first_slurm_host(env.get('SLURM_NODELIST', '127.0.0.1'))
+
+
+def first_slurm_host(node_list: str) -> str:
+    """First host of a slurm node list: 'gpu-[03-05,09]' -> 'gpu-03', 'a1,a2' -> 'a1'."""
+    found = re.match(r'^([^\[,]+)(?:\[([^\],-]+))?', node_list.strip())
+    if not found:
+        raise ValueError(f'cannot read a host from SLURM_NODELIST={node_list!r}')
+    return found.group(1) + (found.group(2) or '')
 
 
 def adapt_cfg_to_cpu(cfg: Any) -> list[str]:

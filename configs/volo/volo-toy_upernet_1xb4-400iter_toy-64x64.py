@@ -8,7 +8,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_20k.py',
 ]
-custom_imports = dict(imports=['mmvolo', 'mmvolo.datasets'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmvolo', 'mmvolo.datasets.toy_shapes'], allow_failed_imports=False)
 
 dataset_type = 'ToyShapesDataset'
 data_root = 'work_dirs/toy_data'

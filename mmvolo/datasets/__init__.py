@@ -1,8 +1,6 @@
 """Datasets: the generated toy segmentation set behind the quick start.
 
-Importing this package registers ``ToyShapesDataset`` in mmseg's ``DATASETS`` (it imports
-mmseg); the generator (:mod:`mmvolo.datasets.toy_generator`) needs only numpy and OpenCV.
+- :mod:`.toy_generator` writes it (numpy and OpenCV only).
+- :mod:`.toy_shapes` reads it: importing it registers ``ToyShapesDataset`` in mmseg's
+  ``DATASETS`` (configs list it in ``custom_imports``).
 """
-from .toy_shapes import ToyShapesDataset
-
-__all__ = ['ToyShapesDataset']

@@ -71,7 +71,7 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
         if 'weights_only' not in str(error) and 'Weights only' not in str(error):
-            raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+            raise _corrupt(path, error) from None
         if not trust:
             raise CheckpointError(
                 f'{path} needs arbitrary pickled code to load (not a plain tensor checkpoint); '
@@ -79,7 +79,7 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
             ) from None
         return torch.load(path, map_location='cpu', weights_only=False)
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+        raise _corrupt(path, error) from None
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -91,7 +91,11 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device='cpu')
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})') from None
+        raise _corrupt(path, error) from None
+
+
+def _corrupt(path: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})')
 
 
 def _first_line(error: BaseException) -> str:
@@ -185,7 +189,8 @@ def describe_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
 def require_volo(state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Raise CheckpointError naming what ``source`` holds if it is not VOLO weights."""
     if not is_volo_state_dict(state_dict):
-        raise CheckpointError(f'{source} is not a VOLO checkpoint ({describe_state_dict(state_dict)})')
+        raise CheckpointError(
+            f'{source} is not a VOLO checkpoint ({describe_state_dict(state_dict)})')
 
 
 # ------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ dispatcher falls back to another impl.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -112,7 +112,8 @@ def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
                            mask=ok_v[:, :, None] & mask_d[None, None, :],
                            other=0.0).to(tl.float32)
             acc += tl.sum(attn[:, :, None] * vwin, axis=1)
-    out_off = ((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None] + offs_d[None, :]
+    out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
+               + offs_d[None, :])
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
              mask=mask_p[:, None] & mask_d[None, :])
 
@@ -219,7 +220,8 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
                            mask=ok_g[:, :, None] & mask_d[None, None, :],
                            other=0.0).to(tl.float32)
             acc += tl.sum(attn_col[:, :, None] * gwin, axis=1)
-    out_off = ((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None] + offs_d[None, :]
+    out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
+               + offs_d[None, :])
     tl.store(gv_ptr + out_off, acc.to(gv_ptr.dtype.element_ty),
              mask=mask_p[:, None] & mask_d[None, :])
 

@@ -13,8 +13,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         feature_pyramid=True,
         drop_path_rate=0.1,
-        with_cp=False,
-        init_cfg=None),
+        with_cp=False),
     # VOLO-D1 pyramid channels: (C0, C0, C, C) at strides 4, 8, 16, 32.
     # avg_non_ignore=True: the CE loss is averaged over labelled pixels only (PyTorch's
     # F.cross_entropy semantics) instead of over all pixels, ignored ones included; it also

@@ -1,0 +1,225 @@
+"""Checks of a tool's input that turn common mistakes into one line naming the fix.
+
+Every check raises :class:`UsageError`; the tools print its message (no traceback) and exit
+with its ``exit_code`` (2: wrong arguments or files, 1: unusable checkpoint).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+from mmengine.config import Config
+
+from ..models.arch_zoo import resolve_arch
+from ..models.weights import (CheckpointError, describe_state_dict, extract_state_dict,
+                              is_volo_state_dict, read_checkpoint)
+
+#: Top-level keys each kind of run needs.
+REQUIRED_KEYS = {
+    'train': ('model', 'train_dataloader', 'train_cfg', 'optim_wrapper'),
+    'test': ('model', 'test_dataloader', 'test_evaluator', 'test_cfg'),
+    'infer': ('model',),
+}
+#: How to get each dataset, for the missing-data message (``{root}``: the data root).
+DATA_HINTS = {
+    'ADE20KDataset': 'download ADE20K there',
+    'ToyShapesDataset': 'generate it with `python tools/make_toy_dataset.py {root}`',
+}
+EXAMPLE_CONFIG = 'configs/volo/volo-toy_upernet_1xb4-400iter_toy-64x64.py'
+
+
+class UsageError(Exception):
+    """Bad input to a tool; the message is one line that says what to do."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """Read a config file and merge ``--cfg-options``; unreadable input is a UsageError."""
+    if not os.path.isfile(path):
+        raise UsageError(f'config {path} not found')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as error:  # noqa: BLE001 - any parse/import failure is the user's file
+        raise UsageError(f'cannot read config {path}: {_first_line(error)}') from None
+    if cfg_options:
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except Exception as error:  # noqa: BLE001
+            raise UsageError(f'bad --cfg-options: {_first_line(error)}') from None
+    return cfg
+
+
+def check_seg_config(cfg: Config, path: str, mode: str) -> None:
+    """Require an mmseg segmentation config with what a ``mode`` run needs.
+
+    Args:
+        mode: 'train', 'test' or 'infer'.
+    """
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        raise UsageError(f'{path} defines no `model`: it is not a model config; pass a '
+                         f'segmentation config such as {EXAMPLE_CONFIG}')
+    missing = [key for key in REQUIRED_KEYS[mode] if not cfg.get(key)]
+    if missing:
+        raise UsageError(f'{path} lacks {", ".join(missing)}: it is not a {mode} config for '
+                         f'mmseg; pass a segmentation config such as {EXAMPLE_CONFIG}')
+    scope = cfg.get('default_scope', 'mmseg')
+    model_type = model.get('type')
+    if scope != 'mmseg' or not _is_segmentor(model_type):
+        raise UsageError(
+            f"{path} builds a '{_type_name(model_type)}' (default_scope '{scope}'), not an mmseg "
+            'segmentor: these tools do semantic segmentation; run classification configs with '
+            "mmpretrain's tools")
+
+
+def _is_segmentor(model_type: Any) -> bool:
+    import mmseg.models  # noqa: F401 - registers the segmentors
+    from mmseg.models.segmentors import BaseSegmentor
+    from mmseg.registry import MODELS
+
+    cls = model_type if isinstance(model_type, type) else None
+    if isinstance(model_type, str):
+        cls = MODELS.get(model_type)
+    return cls is not None and issubclass(cls, BaseSegmentor)
+
+
+def _type_name(model_type: Any) -> str:
+    return getattr(model_type, '__name__', str(model_type))
+
+
+def check_arch(cfg: Config) -> None:
+    """Validate the ``arch`` of every VOLO backbone in the model (the backbone's own message)."""
+    for where, node in _walk_dicts(cfg.get('model'), 'model'):
+        if _type_name(node.get('type')).split('.')[-1] != 'VOLO':
+            continue
+        try:
+            resolve_arch(node.get('arch', 'd1'))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f'{where}.arch: {error}') from None
+
+
+def check_data_roots(cfg: Config, dataloaders: Sequence[str]) -> None:
+    """Require each dataset's ``data_root`` (and its image folder) to exist."""
+    for key in dataloaders:
+        loader = cfg.get(key)
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for where, dataset in _datasets(loader['dataset'], f'{key}.dataset'):
+            _check_one_root(dataset, where)
+
+
+def _check_one_root(dataset: dict, where: str) -> None:
+    root = dataset.get('data_root')
+    if not root:
+        return
+    hint = DATA_HINTS.get(_type_name(dataset.get('type')), 'put the dataset there').format(
+        root=root)
+    fix = f'{hint} or set --cfg-options {where}.data_root=...'
+    if not os.path.isdir(root):
+        raise UsageError(f'data root {root} not found: {fix}')
+    images = (dataset.get('data_prefix') or {}).get('img_path')
+    if images and not os.path.isdir(os.path.join(root, images)):
+        raise UsageError(f'data root {root} has no {images}: {fix}')
+
+
+def _datasets(dataset: dict, where: str) -> Iterator[tuple[str, dict]]:
+    """The leaf dataset configs of a (possibly wrapped/concatenated) dataset config."""
+    if isinstance(dataset.get('dataset'), dict):  # RepeatDataset, MultiImageMixDataset, ...
+        yield from _datasets(dataset['dataset'], f'{where}.dataset')
+    elif isinstance(dataset.get('datasets'), (list, tuple)):  # ConcatDataset
+        for index, child in enumerate(dataset['datasets']):
+            if isinstance(child, dict):
+                yield from _datasets(child, f'{where}.datasets.{index}')
+    else:
+        yield where, dataset
+
+
+def _walk_dicts(node: Any, where: str) -> Iterator[tuple[str, dict]]:
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _walk_dicts(value, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _walk_dicts(value, f'{where}.{index}')
+
+
+def check_checkpoint(path: str, cfg: Config) -> None:
+    """Require ``path`` to hold weights of the model ``cfg`` builds (same keys and shapes).
+
+    Raises:
+        UsageError: exit code 2 if the file is missing, 1 if it holds something else (the
+            message says what it looks like).
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f'checkpoint {path} not found')
+    try:
+        checkpoint = read_checkpoint(path, trust=True)
+    except CheckpointError as error:
+        raise UsageError(str(error), exit_code=1) from None
+    state_dict = _model_state_dict(checkpoint)
+    if not any(key.startswith('decode_head.') for key in state_dict):
+        flat, _ = extract_state_dict(checkpoint)
+        raise UsageError(_not_a_segmentor(path, flat), exit_code=1)
+    _compare(path, state_dict, _expected_shapes(cfg))
+
+
+def _model_state_dict(checkpoint: Any) -> dict:
+    """The tensors of a Runner checkpoint (or a bare state dict), keys as saved."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+        checkpoint = checkpoint['state_dict']
+    if not isinstance(checkpoint, dict):
+        return {}
+    return {key.removeprefix('module.'): value for key, value in checkpoint.items()
+            if hasattr(value, 'shape')}
+
+
+def _not_a_segmentor(path: str, state_dict: dict) -> str:
+    if is_volo_state_dict(state_dict):
+        return (f'checkpoint {path} holds VOLO backbone weights only (no decode head): use it '
+                'as model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) to train, '
+                'then test the trained checkpoint')
+    return f'checkpoint {path} is not an mmseg segmentor ({describe_state_dict(state_dict)})'
+
+
+def _expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = cfg.model.copy()
+    model_cfg.pop('pretrained', None)
+    if isinstance(model_cfg.get('backbone'), dict):
+        model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
+    model = MODELS.build(model_cfg)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _compare(path: str, state_dict: dict, expected: dict[str, tuple[int, ...]]) -> None:
+    backbone = {key[len('backbone.'):]: value for key, value in state_dict.items()
+                if key.startswith('backbone.')}
+    expects_volo = 'backbone.patch_embed.proj.weight' in expected
+    if expects_volo and not is_volo_state_dict(backbone):
+        raise UsageError(f'checkpoint {path} is not a VOLO segmentor (its backbone: '
+                         f'{describe_state_dict(backbone)})', exit_code=1)
+    missing = [key for key in expected if key not in state_dict
+               and not key.endswith('num_batches_tracked')]
+    wrong = [key for key in expected if key in state_dict
+             and tuple(state_dict[key].shape) != expected[key]]
+    if wrong:
+        key = wrong[0]
+        raise UsageError(
+            f'checkpoint {path} does not fit this config: {len(wrong)} tensors differ in shape, '
+            f'e.g. {key} {tuple(state_dict[key].shape)} vs {expected[key]} (trained with '
+            'another arch or num_classes?)', exit_code=1)
+    if missing:
+        raise UsageError(f'checkpoint {path} lacks {len(missing)} of the model\'s tensors, e.g. '
+                         f'{missing[0]} ({describe_state_dict(state_dict)})', exit_code=1)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__

@@ -1,0 +1,264 @@
+"""Op-level benchmark of the outlook attention implementations at VOLO stage-1 shapes.
+
+Every selected implementation runs side by side in the same process on the same inputs:
+
+* ``reference``, ``chunked``, ``triton`` (CUDA only): the registered implementations of
+  :func:`mmvolo.ops.outlook_attention`;
+* ``timm`` (when timm is installed): ``timm.models.volo.OutlookAttention.forward`` itself,
+  with its ``v`` and ``proj`` linears replaced by identities, its ``attn`` linear replaced by
+  a module returning the given logits and ``scale`` set to 1, so it computes the same op (its
+  ``AvgPool2d`` of the input still runs; the pooled result is discarded).
+
+Shapes: stage-1 token grid = input / 8; D1: C=192, 6 heads; D2/D3: C=256, 8 heads;
+D4/D5: C=384, 12 heads; K=3, P=1, S=2. Variants with identical shapes are measured once.
+
+Timing: ``repeats`` timed runs after ``warmup`` runs; the implementations are interleaved
+round-robin within each repeat so background load hits them alike; medians are reported.
+``fwd`` runs under ``torch.no_grad``; ``fwdbwd`` is forward + backward into v and logits.
+
+Peak memory (``peak_mib``, of the fwd+bwd step): bytes allocated above what was allocated
+before the step (inputs and upstream gradient excluded). CUDA: ``torch.cuda.max_memory_allocated``.
+CPU: one extra run under ``torch.profiler`` with ``profile_memory=True``; the allocation and
+free events of the CPU allocator are replayed in time order and the maximum running total is
+taken (this sees every tensor allocation torch makes; it does not see non-torch memory).
+
+Example: ``python tools/analysis/benchmark_ops.py --device cpu --json bench.json``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+from mmvolo.ops import available_impls, outlook_attention
+
+VARIANTS = {'d1': (192, 6), 'd2': (256, 8), 'd3': (256, 8), 'd4': (384, 12), 'd5': (384, 12)}
+SIZES = {'512x512': (512, 512), '1024x2048': (1024, 2048)}
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+KERNEL, PADDING, STRIDE, PATCH = 3, 1, 2, 8
+
+OpFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+class _GivenLogits(nn.Module):
+    """Stands in for timm's ``attn`` linear: ignores its input, returns preset logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits: torch.Tensor | None = None
+
+    def forward(self, _: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def timm_op(channels: int, heads: int) -> OpFn | None:
+    """timm's OutlookAttention.forward reduced to the op (see module docstring), or None."""
+    try:
+        from timm.models.volo import OutlookAttention
+    except ImportError:
+        return None
+    module = OutlookAttention(channels, heads, KERNEL, PADDING, STRIDE)
+    module.v, module.proj, module.attn = nn.Identity(), nn.Identity(), _GivenLogits()
+    module.scale = 1.0
+
+    def run(v: torch.Tensor, logits: torch.Tensor, num_heads: int) -> torch.Tensor:
+        module.attn.logits = logits
+        return module(v)
+
+    return run
+
+
+def impl_op(name: str) -> OpFn:
+    def run(v: torch.Tensor, logits: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return outlook_attention(v, logits, num_heads, KERNEL, PADDING, STRIDE, impl=name)
+
+    return run
+
+
+def make_ops(impls: List[str], channels: int, heads: int, device: torch.device) -> Dict[str,
+                                                                                         OpFn]:
+    """name -> op for every requested implementation that can run here."""
+    ops = {}
+    for name in impls:
+        if name == 'timm':
+            op = timm_op(channels, heads)
+            if op is not None:
+                ops[name] = op
+        elif name == 'triton' and device.type != 'cuda':
+            continue  # CPU would silently fall back to another impl; not worth a row
+        elif name in available_impls():
+            ops[name] = impl_op(name)
+    return ops
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _fwd(op: OpFn, v, logits, heads, grad) -> None:
+    with torch.no_grad():
+        op(v, logits, heads)
+
+
+def _fwdbwd(op: OpFn, v, logits, heads, grad) -> None:
+    v.grad = logits.grad = None
+    op(v, logits, heads).backward(grad)
+
+
+def time_round_robin(ops: Dict[str, OpFn], step: Callable, inputs: tuple, warmup: int,
+                     repeats: int, device: torch.device) -> Dict[str, float]:
+    """Median milliseconds of ``step(op, *inputs)`` per op, ops interleaved per repeat."""
+    times: Dict[str, list] = {name: [] for name in ops}
+    for rep in range(warmup + repeats):
+        for name, op in ops.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(op, *inputs)
+            _sync(device)
+            if rep >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_mib(op: OpFn, inputs: tuple, device: torch.device) -> float:
+    """Peak MiB allocated above the starting level during one fwd+bwd step."""
+    inputs[0].grad = inputs[1].grad = None  # freeing old grads inside would lower the peak
+    if device.type == 'cuda':
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _fwdbwd(op, *inputs)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _fwdbwd(op, *inputs)
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == '[memory]' and e.device_type() == torch.autograd.DeviceType.CPU]
+    current = peak = 0
+    for _, nbytes in sorted(events):
+        current += nbytes
+        peak = max(peak, current)
+    return peak / 2 ** 20
+
+
+def make_inputs(batch: int, height: int, width: int, channels: int, heads: int,
+                dtype: torch.dtype, device: torch.device) -> tuple:
+    """(v, logits, heads, grad_out) at stage-1 shape; v and logits require grad."""
+    h, w = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    v = torch.randn(batch, height, width, channels, generator=gen).to(device, dtype)
+    logits = torch.randn(batch, h, w, heads * KERNEL ** 4, generator=gen).to(device, dtype)
+    grad = torch.randn(batch, height, width, channels, generator=gen).to(device, dtype)
+    return v.requires_grad_(), logits.requires_grad_(), heads, grad
+
+
+def check_timm_equivalence(device: torch.device) -> float | None:
+    """Max |timm - reference| on a small fp32 case (None without timm)."""
+    op = timm_op(24, 3)
+    if op is None:
+        return None
+    v, logits, heads, _ = make_inputs(2, 9, 13, 24, 3, torch.float32, device)
+    with torch.no_grad():
+        return (op(v, logits, heads) - impl_op('reference')(v, logits, heads)).abs().max().item()
+
+
+def shape_groups(variants: List[str]) -> Dict[tuple, List[str]]:
+    """(channels, heads) -> variant names sharing that shape, in first-seen order."""
+    groups: Dict[tuple, List[str]] = {}
+    for name in variants:
+        groups.setdefault(VARIANTS[name], []).append(name)
+    return groups
+
+
+def run(args: argparse.Namespace) -> List[dict]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    records = []
+    for size in args.sizes:
+        img_h, img_w = SIZES[size]
+        for (channels, heads), names in shape_groups(args.variants).items():
+            ops = make_ops(args.impls, channels, heads, device)
+            inputs = make_inputs(args.batch, img_h // PATCH, img_w // PATCH, channels, heads,
+                                 dtype, device)
+            fwd = time_round_robin(ops, _fwd, inputs, args.warmup, args.repeats, device)
+            fwdbwd = time_round_robin(ops, _fwdbwd, inputs, args.warmup, args.repeats, device)
+            for name, op in ops.items():
+                records.append(dict(
+                    impl=name, device=device.type, dtype=args.dtype, batch=args.batch,
+                    height=img_h // PATCH, width=img_w // PATCH, channels=channels, heads=heads,
+                    fwd_ms=round(fwd[name], 3), fwdbwd_ms=round(fwdbwd[name], 3),
+                    peak_mib=round(peak_mib(op, inputs, device), 1),
+                    variants='/'.join(n.upper() for n in names), input_size=size,
+                    repeats=args.repeats))
+            del inputs
+    return records
+
+
+def format_table(records: List[dict]) -> str:
+    """Markdown table with ratios vs the reference of the same shape."""
+    ref = {(r['input_size'], r['channels']): r for r in records if r['impl'] == 'reference'}
+    lines = ['| input | variants | tokens | impl | fwd ms | x ref | fwd+bwd ms | x ref | '
+             'peak MiB (fwd+bwd) | x ref |', '|' + '---|' * 10]
+    for r in records:
+        base = ref.get((r['input_size'], r['channels']))
+
+        def ratio(key: str, rec: dict = r, base: dict | None = base) -> str:
+            return f"{rec[key] / base[key]:.2f}" if base and base[key] else '-'
+
+        lines.append(f"| {r['input_size']} | {r['variants']} | {r['batch']}x{r['height']}x"
+                     f"{r['width']}x{r['channels']} | {r['impl']} | {r['fwd_ms']:.1f} | "
+                     f"{ratio('fwd_ms')} | {r['fwdbwd_ms']:.1f} | {ratio('fwdbwd_ms')} | "
+                     f"{r['peak_mib']:.0f} | {ratio('peak_mib')} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda' if cuda else 'cpu')
+    parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
+    parser.add_argument('--batch', type=int, default=None,
+                        help='default: 8 on CUDA, 2 on CPU')
+    parser.add_argument('--repeats', type=int, default=None,
+                        help='timed runs per case; default: 20 on CUDA, 3 on CPU')
+    parser.add_argument('--warmup', type=int, default=None, help='default: 3 CUDA, 1 CPU')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
+                        choices=list(VARIANTS))
+    parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
+    parser.add_argument('--impls', nargs='+',
+                        default=['reference', 'timm', 'chunked', 'triton'])
+    parser.add_argument('--json', default=None, help='write the records to this path')
+    args = parser.parse_args(argv)
+    on_cuda = args.device.startswith('cuda')
+    args.batch = args.batch or (8 if on_cuda else 2)
+    args.repeats = args.repeats or (20 if on_cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
+    if 'reference' not in args.impls:
+        args.impls = ['reference', *args.impls]  # ratios need it
+    return args
+
+
+def main(argv: List[str] | None = None) -> None:
+    args = parse_args(argv)
+    diff = check_timm_equivalence(torch.device(args.device))
+    print(f'device={args.device} dtype={args.dtype} batch={args.batch} repeats={args.repeats} '
+          f'warmup={args.warmup} torch={torch.__version__} threads={torch.get_num_threads()}')
+    if diff is not None:
+        print(f'timm vs reference max |diff| (fp32, small case): {diff:.2e}')
+    records = run(args)
+    print(format_table(records))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

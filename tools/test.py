@@ -1,0 +1,93 @@
+"""Test (and evaluate) a segmentor checkpoint (mmseg's test CLI, with mmvolo's fixes).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show]
+                         [--show-dir DIR] [--wait-time S] [--tta] [--cfg-options ...]
+                         [--launcher {none,pytorch,slurm,mpi}]
+
+Multi-GPU: ``tools/dist_test.sh``; slurm: ``tools/slurm_test.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+from mmvolo import stack_fixes
+from mmvolo.apis import (UsageError, apply_work_dir, check_arch, check_checkpoint,
+                         check_data_roots, check_seg_config, is_main_process, load_config,
+                         prepare_device, run_tool, set_local_rank)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the metrics (json) and logs go')
+    parser.add_argument('--out', help='directory to save the predictions (label PNGs)')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save painted predictions under the run folder '
+                        'of the work dir, in this sub-directory')
+    parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, KEY=VALUE')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    set_local_rank(args.local_rank)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    check_seg_config(cfg, args.config, 'test')
+    check_arch(cfg)
+    check_data_roots(cfg, ['test_dataloader'])
+    check_checkpoint(args.checkpoint, cfg)
+    stack_fixes.trust_checkpoint(args.checkpoint)
+    cfg.launcher = args.launcher
+    apply_work_dir(cfg, args.config, args.work_dir)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+    if args.tta:
+        enable_tta(cfg)
+    if args.out is not None:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    notice = prepare_device(cfg, args.launcher)
+    if notice and is_main_process():
+        print(notice, flush=True)
+    Runner.from_cfg(cfg).test()
+    stack_fixes.shutdown_process_group()
+
+
+def enable_visualization(cfg, show: bool, show_dir: str | None, wait_time: float) -> None:
+    """Turn on mmseg's SegVisualizationHook (painted predictions)."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise UsageError('--show/--show-dir need default_hooks.visualization='
+                         "dict(type='SegVisualizationHook') in the config")
+    hook['draw'] = True
+    if show:
+        hook['show'] = True
+        hook['wait_time'] = wait_time
+    if show_dir:
+        cfg.visualizer['save_dir'] = show_dir
+
+
+def enable_tta(cfg) -> None:
+    """Wrap the model in the config's ``tta_model`` with its ``tta_pipeline``."""
+    if not cfg.get('tta_model') or not cfg.get('tta_pipeline'):
+        raise UsageError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+if __name__ == '__main__':
+    run_tool(main)
