@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -31,7 +31,7 @@ def config_id(path: Path) -> str:
     return path.stem
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(path: Path) -> Config:
     return Config.fromfile(str(path))
 
@@ -172,3 +172,16 @@ def test_d1_forward_small_input():
         logits = model(torch.rand(1, 3, 64, 64), mode='tensor')
     assert logits.shape == (1, 150, 16, 16)
     assert torch.isfinite(logits).all()
+
+
+def test_print_config_resolves_bases_and_options():
+    import importlib.util
+
+    script = CONFIG_DIR.parents[1] / 'tools' / 'misc' / 'print_config.py'
+    spec = importlib.util.spec_from_file_location('print_config', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = CONFIG_DIR / 'volo-d5_upernet_8xb2-160k_ade20k-512x512.py'
+    text = module.resolved_config_text(str(path), {'model.backbone.drop_path_rate': 0.5})
+    assert "arch='d5'" in text and 'drop_path_rate=0.5' in text
+    assert "type='ADE20KDataset'" in text and 'max_iters=160000' in text

@@ -70,7 +70,7 @@ def test_lr_scale_per_layer_id(segmentor):
     stem = groups[id(params['backbone.patch_embed.conv.0.weight'])]
     assert stem['layer_id'] == 0 and stem['lr'] == pytest.approx(LR * RATE ** top)
     assert groups[id(params['backbone.pos_embed'])]['layer_id'] == 0
-    blocks = ['backbone.network.0.0.v.weight', 'backbone.network.2.0.attn.qkv.weight',
+    blocks = ['backbone.network.0.0.attn.v.weight', 'backbone.network.2.0.attn.qkv.weight',
               'backbone.network.3.0.attn.qkv.weight', 'backbone.network.3.1.mlp.fc1.weight',
               'backbone.network.4.0.mlp.fc2.weight']
     assert [groups[id(params[name])]['layer_id'] for name in blocks] == [1, 2, 3, 4, 5]
@@ -181,3 +181,33 @@ def test_complexity_of_a_tiny_config(tiny_cfg):
     tokens, dim, blocks = (64 // 16) ** 2, 32, 4
     assert result.flops - reference['flops'] == blocks * 2 * tokens * tokens * dim
     assert 'FLOPs' in result.summary()
+
+
+def test_complexity_counts_the_outlook_matmul(tiny_cfg):
+    reference = measure_complexity(build_model_for_analysis(tiny_cfg), (64, 64))
+    opaque = build_model_for_analysis(tiny_cfg)
+    for module in opaque.modules():
+        if hasattr(module, 'impl'):
+            module.impl = 'chunked'  # the default CPU kernel, a custom op the counter skips
+    skipped = measure_complexity(opaque, (64, 64))
+    positions, window, channels = (64 // 16) ** 2, 3 * 3, 16  # stride-2 grid of 8x8 tokens
+    assert reference.flops - skipped.flops == positions * window * window * channels
+
+
+def load_tool(relative: str):
+    """Import a script under tools/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_get_flops_cli(tiny_cfg, tmp_path, capsys):
+    path = tmp_path / 'tiny.py'
+    tiny_cfg.dump(str(path))
+    get_flops = load_tool('tools/analysis/get_flops.py')
+    assert get_flops.main([str(path), '--shape', '64', '96']) == 0
+    out = capsys.readouterr().out
+    assert 'Input shape: 64x96' in out and 'FLOPs' in out and 'Params' in out

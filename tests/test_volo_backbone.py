@@ -217,3 +217,23 @@ def test_registered_for_mmseg_and_mmpretrain(tiny_arch):
     for registry in (SEG_MODELS, CLS_MODELS):
         backbone = registry.build(dict(type='VOLO', arch=tiny_arch))
         assert isinstance(backbone, VOLO)
+
+
+def test_mmpretrain_image_classifier_with_volo_backbone(tiny_arch):
+    from mmpretrain.registry import MODELS as CLS_MODELS
+    from mmpretrain.structures import DataSample
+    from mmpretrain.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    classifier = CLS_MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='VOLO', arch=tiny_arch, feature_pyramid=False, out_indices=(3,)),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=4, in_channels=32,
+                  loss=dict(type='CrossEntropyLoss'))))
+    images = torch.randn(2, 3, 64, 64)
+    samples = [DataSample().set_gt_label(label) for label in (1, 3)]
+    losses = classifier(images, samples, mode='loss')
+    losses['loss'].backward()
+    predictions = classifier(images, mode='predict')
+    assert predictions[0].pred_score.shape == (4,)

@@ -20,7 +20,14 @@ if [ ! -x "$py" ]; then
   echo "[mmvolo] creating virtual environment in $venv"
   python3 -m venv "$venv"
 fi
-pip_q=("$py" -m pip install -q --disable-pip-version-check)
+log="$venv/install.log"
+pip_install() {  # quiet pip; the full output goes to $log and is shown only on failure
+  if ! "$py" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    echo "[mmvolo] pip install $* failed; last lines of $log:" >&2
+    tail -n 25 "$log" >&2
+    exit 1
+  fi
+}
 
 want="$(cat "$root/setup.cfg")$torch_spec"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmvolo" 2>/dev/null; then
@@ -28,18 +35,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmvolo
   exit 0
 fi
 
-"${pip_q[@]}" --upgrade pip 'setuptools<82' wheel 2>&1 | grep -v '^WARNING: Location' || true
+pip_install --upgrade pip 'setuptools<82' wheel
 if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   echo "[mmvolo] installing $torch_spec"
   # shellcheck disable=SC2086
-  "${pip_q[@]}" $torch_spec 2>&1 | grep -v '^WARNING: Location' || true
+  pip_install $torch_spec
 fi
 extras="test"
 if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
   extras="lite,$extras"
 fi
 echo "[mmvolo] installing mmvolo[$extras] (editable) and its pinned dependencies"
-"${pip_q[@]}" --no-build-isolation -e "$root[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
+pip_install --no-build-isolation -e "$root[$extras]"
 "$py" -c "import mmvolo" || { echo "[mmvolo] install failed: 'import mmvolo' does not work in $venv" >&2; exit 1; }
 printf '%s' "$want" > "$stamp"
 echo "[mmvolo] environment ready: $venv"
