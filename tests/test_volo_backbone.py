@@ -237,3 +237,24 @@ def test_mmpretrain_image_classifier_with_volo_backbone(tiny_arch):
     losses['loss'].backward()
     predictions = classifier(images, mode='predict')
     assert predictions[0].pred_score.shape == (4,)
+
+
+def test_backbone_compiles_without_graph_breaks(tiny_arch):
+    backbone = VOLO(tiny_arch).eval()
+    explanation = torch._dynamo.explain(backbone)(torch.randn(1, 3, 45, 61))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+
+
+def test_backbone_under_bf16_autocast(tiny_arch):
+    backbone = VOLO(tiny_arch).train()
+    images = torch.randn(2, 3, 40, 40)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outputs = backbone(images)
+    reference = VOLO(tiny_arch).train()
+    reference.load_state_dict(backbone.state_dict())
+    expected = reference(images)
+    for out, want in zip(outputs, expected):
+        assert torch.isfinite(out.float()).all()
+        assert (out.float() - want).abs().max() < 0.1 * want.abs().max()
+    sum(out.float().mean() for out in outputs).backward()
+    assert backbone.network[0][0].attn.v.weight.grad is not None
