@@ -26,9 +26,16 @@ from typing import Iterator
 import torch
 
 from .models.arch_zoo import ARCH_ZOO
-from .models.weights import (HEAD_KEY_PATTERN, CheckpointError, ConversionReport,
-                             convert_state_dict, detect_arch, extract_state_dict,
-                             read_checkpoint, require_volo)
+from .models.weights import (
+    HEAD_KEY_PATTERN,
+    CheckpointError,
+    ConversionReport,
+    convert_state_dict,
+    detect_arch,
+    extract_state_dict,
+    read_checkpoint,
+    require_volo,
+)
 
 #: Token stride of ``pos_embed`` (input pixels per token).
 POS_EMBED_STRIDE = 16

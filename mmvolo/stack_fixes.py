@@ -186,6 +186,8 @@ def init_cpu_process_group(launcher: str) -> bool:
         return False
     if launcher == 'slurm':
         _export_slurm_env()
+    elif launcher == 'mpi':
+        _export_mpi_env()
     dist.init_process_group(backend='gloo')
     return True
 
@@ -201,12 +203,28 @@ def _export_slurm_env() -> None:
         env['MASTER_ADDR'] = first_slurm_host(env.get('SLURM_NODELIST', '127.0.0.1'))
 
 
-def first_slurm_host(node_list: str) -> str:
-    """First host of a slurm node list: 'gpu-[03-05,09]' -> 'gpu-03', 'a1,a2' -> 'a1'."""
-    found = re.match(r'^([^\[,]+)(?:\[([^\],-]+))?', node_list.strip())
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a slurm node list: 'gpu-node[03-05,7],x' -> 'gpu-node03'.
+
+    (What ``scontrol show hostnames`` prints first, without needing scontrol.)
+    """
+    found = re.match(r'([^,\[]+)(?:\[([^\]]+)\])?', nodelist.strip())
     if not found:
-        raise ValueError(f'cannot read a host from SLURM_NODELIST={node_list!r}')
-    return found.group(1) + (found.group(2) or '')
+        return nodelist
+    prefix, ranges = found.groups()
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(',')[0].split('-')[0]
+
+
+def _export_mpi_env() -> None:
+    """Fill torch's env:// variables from Open MPI's (as mmengine's mpi launcher does)."""
+    env = os.environ
+    env.setdefault('RANK', env.get('OMPI_COMM_WORLD_RANK', '0'))
+    env.setdefault('WORLD_SIZE', env.get('OMPI_COMM_WORLD_SIZE', '1'))
+    env.setdefault('LOCAL_RANK', env.get('OMPI_COMM_WORLD_LOCAL_RANK', '0'))
+    env.setdefault('MASTER_PORT', '29500')
+    env.setdefault('MASTER_ADDR', '127.0.0.1')
 
 
 def adapt_cfg_to_cpu(cfg: Any) -> list[str]:

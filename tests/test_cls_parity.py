@@ -115,8 +115,6 @@ def test_d1_logits_match_timm_via_load_from(d1, image):
     with torch.no_grad():
         logits = model.eval()(image, mode='tensor')
     assert max_diff(logits, d1['logits']) <= LOGITS_TOLERANCE
-    predictions = model.predict(image)
-    assert predictions[0].pred_label.item() == int(d1['logits'].argmax())
 
 
 @pytest.mark.parametrize('arch', ['d2', 'd3', 'd4', 'd5'])

@@ -211,3 +211,9 @@ def test_get_flops_cli(tiny_cfg, tmp_path, capsys):
     assert get_flops.main([str(path), '--shape', '64', '96']) == 0
     out = capsys.readouterr().out
     assert 'Input shape: 64x96' in out and 'FLOPs' in out and 'Params' in out
+
+
+def test_first_group_is_at_the_base_lr(segmentor):
+    """mmengine logs the first group's lr: it should be the base lr (heads)."""
+    first = build(segmentor).optimizer.param_groups[0]
+    assert first['lr'] == pytest.approx(LR) and first['layer_id'] == NUM_BLOCKS + 1

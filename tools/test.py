@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import argparse
 
-import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
 from mmengine.config import DictAction
 from mmengine.runner import Runner
+
+import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
 from mmvolo import stack_fixes
-from mmvolo.apis import (UsageError, apply_work_dir, check_arch, check_checkpoint,
-                         check_data_roots, check_seg_config, is_main_process, load_config,
-                         prepare_device, run_tool, set_local_rank)
+from mmvolo.apis import (
+    UsageError,
+    apply_work_dir,
+    check_arch,
+    check_checkpoint,
+    check_data_roots,
+    check_seg_config,
+    is_main_process,
+    load_config,
+    prepare_device,
+    run_tool,
+    set_local_rank,
+)
 
 
 def parse_args() -> argparse.Namespace:

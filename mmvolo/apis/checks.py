@@ -11,8 +11,13 @@ from typing import Any, Iterator, Sequence
 from mmengine.config import Config
 
 from ..models.arch_zoo import resolve_arch
-from ..models.weights import (CheckpointError, describe_state_dict, extract_state_dict,
-                              is_volo_state_dict, read_checkpoint)
+from ..models.weights import (
+    CheckpointError,
+    describe_state_dict,
+    extract_state_dict,
+    is_volo_state_dict,
+    read_checkpoint,
+)
 
 #: Top-level keys each kind of run needs.
 REQUIRED_KEYS = {
@@ -62,10 +67,6 @@ def check_seg_config(cfg: Config, path: str, mode: str) -> None:
     if not isinstance(model, dict):
         raise UsageError(f'{path} defines no `model`: it is not a model config; pass a '
                          f'segmentation config such as {EXAMPLE_CONFIG}')
-    missing = [key for key in REQUIRED_KEYS[mode] if not cfg.get(key)]
-    if missing:
-        raise UsageError(f'{path} lacks {", ".join(missing)}: it is not a {mode} config for '
-                         f'mmseg; pass a segmentation config such as {EXAMPLE_CONFIG}')
     scope = cfg.get('default_scope', 'mmseg')
     model_type = model.get('type')
     if scope != 'mmseg' or not _is_segmentor(model_type):
@@ -73,6 +74,10 @@ def check_seg_config(cfg: Config, path: str, mode: str) -> None:
             f"{path} builds a '{_type_name(model_type)}' (default_scope '{scope}'), not an mmseg "
             'segmentor: these tools do semantic segmentation; run classification configs with '
             "mmpretrain's tools")
+    missing = [key for key in REQUIRED_KEYS[mode] if cfg.get(key) is None]
+    if missing:
+        raise UsageError(f'{path} lacks {", ".join(missing)}: it is not a {mode} config for '
+                         f'mmseg; pass a segmentation config such as {EXAMPLE_CONFIG}')
 
 
 def _is_segmentor(model_type: Any) -> bool:

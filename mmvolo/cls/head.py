@@ -46,7 +46,8 @@ class VOLOClsHead(ClsHead):
         aux_eval_weight: weight of the max-pooled aux logits in the logits. Default: 0.5.
         aux_loss_weight: weight of ``loss_aux``. Default: 0.5.
         norm_cfg: norm of the class blocks and the final norm. Default: LN eps 1e-5.
-        loss, topk, cal_acc: as :class:`mmpretrain.models.heads.ClsHead`.
+        loss: loss config. Default: None (CrossEntropyLoss).
+        topk, cal_acc: as :class:`mmpretrain.models.heads.ClsHead`.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads the head of a VOLO
             checkpoint (official/timm, or converted with ``--keep-head``); classifier weights
             of another class count are skipped (fine-tuning on new classes).
@@ -60,9 +61,10 @@ class VOLOClsHead(ClsHead):
                  drop_rate: float = 0., attn_drop_rate: float = 0., use_aux_head: bool = True,
                  aux_eval_weight: float = 0.5, aux_loss_weight: float = 0.5,
                  norm_cfg: dict = DEFAULT_NORM_CFG,
-                 loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
+                 loss: dict | None = None,
                  topk: int | tuple[int, ...] = (1, ), cal_acc: bool = False,
                  init_cfg: dict | list | None = None) -> None:
+        loss = loss if loss is not None else dict(type='CrossEntropyLoss', loss_weight=1.0)
         super().__init__(loss=loss, topk=topk, cal_acc=cal_acc, init_cfg=init_cfg)
         if num_classes <= 0:
             raise ValueError(f'VOLOClsHead: num_classes must be positive, got {num_classes}')
@@ -163,8 +165,9 @@ class VOLOClsHead(ClsHead):
         if skipped:
             lines.append(f'  kept the initialisation of {skipped} (checkpoint has '
                          f'{head[skipped[0]].shape[0]} classes, this head {self.num_classes})')
-        if result.missing_keys:
-            lines.append(f'  MISSING from checkpoint: {result.missing_keys}')
+        missing = [key for key in result.missing_keys if key not in skipped]
+        if missing:
+            lines.append(f'  MISSING from checkpoint: {missing}')
         if result.unexpected_keys:
             lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
         print_log('\n'.join(lines), logger='current')

@@ -109,7 +109,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _center_radius(rng: np.random.Generator, size: int) -> tuple[int, int, int]:
-    radius = int(rng.integers(size // 8, size // 4 + 1))
+    radius = int(rng.integers(size // 6, size // 3 + 1))
     cx, cy = (int(v) for v in rng.integers(radius // 2, size - radius // 2, 2))
     return cx, cy, radius
 

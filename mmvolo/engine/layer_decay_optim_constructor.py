@@ -147,14 +147,18 @@ class VOLOLayerDecayOptimWrapperConstructor:
         return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """Parameter groups, one per (layer id, decay flag), ordered by layer id."""
+        """Parameter groups, one per (layer id, decay flag), top layer id first.
+
+        The first group holds the heads at the base lr; mmengine logs the first group's lr,
+        so the training log shows the base schedule.
+        """
         plan = plan_layer_decay(model, self.no_decay_keys)
         params = dict(model.named_parameters())
         grouped: dict[tuple[int, bool], list] = {}
         for item in plan.assignments:
             grouped.setdefault((item.layer_id, item.decay), []).append(params[item.name])
         groups = []
-        for (layer_id, decay), members in sorted(grouped.items()):
+        for (layer_id, decay), members in sorted(grouped.items(), reverse=True):
             scale = plan.lr_scale(layer_id, self.decay_rate)
             groups.append(dict(params=members, lr=self.base_lr * scale,
                                weight_decay=self.base_wd if decay else 0.,

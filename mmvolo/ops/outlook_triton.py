@@ -66,6 +66,7 @@ def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
                 NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 K: tl.constexpr, KK_PAD: tl.constexpr, PADDING: tl.constexpr,
                 STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """out[p] = sum over the K*K cells n covering p of sum_k_in A[n, k_o, k_in] V[pos(n, k_in)]."""
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)
@@ -80,8 +81,6 @@ def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
     mask_d = offs_d < HEAD_DIM
     offs_k = tl.arange(0, KK_PAD)
     mask_k = offs_k < kk
-    k_row = offs_k // K
-    k_col = offs_k % K
     acc = tl.full((BLOCK, D_PAD), 0.0, tl.float32)
     for ki in tl.static_range(K):
         # grid row i with i*S - P + ki == y (floor-div only on non-negative numbers)
@@ -93,25 +92,26 @@ def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
             tx = x + PADDING - kj
             tx_pos = tl.where(tx >= 0, tx, 0)
             j = tx_pos // STRIDE
-            ok_j = (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
-            ok = mask_p & ok_i & ok_j
+            ok = mask_p & ok_i & (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
             cell = (b * grid_h + i) * grid_w + j
-            row_ptr = logits_ptr + cell * (NUM_HEADS * kk * kk) + (head * kk + ki * K + kj) * kk
-            row = tl.load(row_ptr[:, None] + offs_k[None, :], mask=ok[:, None] & mask_k[None, :],
-                          other=float('-inf')).to(tl.float32)
+            row_base = cell * (NUM_HEADS * kk * kk) + (head * kk + ki * K + kj) * kk
+            # softmax statistics of row (n, k_o) over k_in
+            row = tl.load(logits_ptr + row_base[:, None] + offs_k[None, :],
+                          mask=ok[:, None] & mask_k[None, :], other=float('-inf'))
+            row = row.to(tl.float32)
             row_max = tl.where(ok, tl.max(row, axis=1), 0.0)
-            num = tl.exp(row - row_max[:, None])
-            den = tl.where(ok, tl.sum(num, axis=1), 1.0)
-            attn = num / den[:, None]
-            vy = i[:, None] * STRIDE - PADDING + k_row[None, :]
-            vx = j[:, None] * STRIDE - PADDING + k_col[None, :]
-            ok_v = (ok[:, None] & mask_k[None, :] & (vy >= 0) & (vy < height) & (vx >= 0)
-                    & (vx < width))
-            v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
-            vwin = tl.load(v_ptr + v_off[:, :, None] + offs_d[None, None, :],
-                           mask=ok_v[:, :, None] & mask_d[None, None, :],
-                           other=0.0).to(tl.float32)
-            acc += tl.sum(attn[:, :, None] * vwin, axis=1)
+            den = tl.sum(tl.exp(row - row_max[:, None]), axis=1)
+            den = tl.where(ok, den, 1.0)
+            for k_in in range(kk):
+                vy = i * STRIDE - PADDING + k_in // K
+                vx = j * STRIDE - PADDING + k_in % K
+                ok_v = ok & (vy >= 0) & (vy < height) & (vx >= 0) & (vx < width)
+                logit = tl.load(logits_ptr + row_base + k_in, mask=ok, other=float('-inf'))
+                attn = tl.exp(logit.to(tl.float32) - row_max) / den
+                v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
+                vals = tl.load(v_ptr + v_off[:, None] + offs_d[None, :],
+                               mask=ok_v[:, None] & mask_d[None, :], other=0.0)
+                acc += attn[:, None] * vals.to(tl.float32)
     out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
                + offs_d[None, :])
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
@@ -122,6 +122,8 @@ def _bwd_logits_kernel(v_ptr, logits_ptr, gout_ptr, glogits_ptr, lse_ptr, height
                        grid_h, grid_w, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                        D_PAD: tl.constexpr, K: tl.constexpr, KK_PAD: tl.constexpr,
                        PADDING: tl.constexpr, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """glogits[n, k_o, :] = A * (gA - sum(gA * A)), gA[k_in] = grad_out[pos(n,k_o)].V[pos(n,k_in)];
+    also writes lse[n, k_o] = logsumexp_k_in logits[n, k_o, k_in] for the values kernel."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)
@@ -136,45 +138,46 @@ def _bwd_logits_kernel(v_ptr, logits_ptr, gout_ptr, glogits_ptr, lse_ptr, height
     mask_d = offs_d < HEAD_DIM
     offs_k = tl.arange(0, KK_PAD)
     mask_k = offs_k < kk
-    vy = i[:, None] * STRIDE - PADDING + (offs_k // K)[None, :]
-    vx = j[:, None] * STRIDE - PADDING + (offs_k % K)[None, :]
-    ok_v = (mask_n[:, None] & mask_k[None, :] & (vy >= 0) & (vy < height) & (vx >= 0)
-            & (vx < width))
-    v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
-    vwin = tl.load(v_ptr + v_off[:, :, None] + offs_d[None, None, :],
-                   mask=ok_v[:, :, None] & mask_d[None, None, :], other=0.0).to(tl.float32)
     cell = b * grid_h * grid_w + offs_n
-    row_base = cell * (NUM_HEADS * kk * kk) + head * kk * kk
+    head_base = cell * (NUM_HEADS * kk * kk) + head * kk * kk
     lse_base = (cell * NUM_HEADS + head) * kk
-    for ki in tl.static_range(K):
-        gy_y = i * STRIDE - PADDING + ki
-        for kj in tl.static_range(K):
-            gy_x = j * STRIDE - PADDING + kj
-            ok_g = mask_n & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
-            g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
-            gy = tl.load(gout_ptr + g_off[:, None] + offs_d[None, :],
-                         mask=ok_g[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            grad_attn = tl.sum(gy[:, None, :] * vwin, axis=2)
-            row_off = row_base + (ki * K + kj) * kk
-            row_mask = mask_n[:, None] & mask_k[None, :]
-            row = tl.load(logits_ptr + row_off[:, None] + offs_k[None, :], mask=row_mask,
-                          other=float('-inf')).to(tl.float32)
-            row_max = tl.where(mask_n, tl.max(row, axis=1), 0.0)
-            num = tl.exp(row - row_max[:, None])
-            den = tl.where(mask_n, tl.sum(num, axis=1), 1.0)
-            attn = num / den[:, None]
-            lse = row_max + tl.log(den)
-            dot = tl.sum(grad_attn * attn, axis=1)
-            grad_row = attn * (grad_attn - dot[:, None])
-            tl.store(glogits_ptr + row_off[:, None] + offs_k[None, :],
-                     grad_row.to(glogits_ptr.dtype.element_ty), mask=row_mask)
-            tl.store(lse_ptr + lse_base + ki * K + kj, lse, mask=mask_n)
+    row_mask = mask_n[:, None] & mask_k[None, :]
+    for k_out in range(kk):
+        gy_y = i * STRIDE - PADDING + k_out // K
+        gy_x = j * STRIDE - PADDING + k_out % K
+        ok_g = mask_n & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
+        g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
+        gy = tl.load(gout_ptr + g_off[:, None] + offs_d[None, :],
+                     mask=ok_g[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        grad_attn = tl.full((BLOCK, KK_PAD), 0.0, tl.float32)
+        for k_in in range(kk):
+            vy = i * STRIDE - PADDING + k_in // K
+            vx = j * STRIDE - PADDING + k_in % K
+            ok_v = mask_n & (vy >= 0) & (vy < height) & (vx >= 0) & (vx < width)
+            v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
+            vals = tl.load(v_ptr + v_off[:, None] + offs_d[None, :],
+                           mask=ok_v[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+            dot = tl.sum(gy * vals, axis=1)
+            grad_attn = tl.where(offs_k[None, :] == k_in, dot[:, None], grad_attn)
+        row_off = head_base + k_out * kk
+        row = tl.load(logits_ptr + row_off[:, None] + offs_k[None, :], mask=row_mask,
+                      other=float('-inf')).to(tl.float32)
+        row_max = tl.where(mask_n, tl.max(row, axis=1), 0.0)
+        num = tl.exp(row - row_max[:, None])
+        den = tl.where(mask_n, tl.sum(num, axis=1), 1.0)
+        attn = num / den[:, None]
+        dot_all = tl.sum(grad_attn * attn, axis=1)
+        grad_row = attn * (grad_attn - dot_all[:, None])
+        tl.store(glogits_ptr + row_off[:, None] + offs_k[None, :],
+                 grad_row.to(glogits_ptr.dtype.element_ty), mask=row_mask)
+        tl.store(lse_ptr + lse_base + k_out, row_max + tl.log(den), mask=mask_n)
 
 
 def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, grid_h, grid_w,
                        NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                        K: tl.constexpr, KK_PAD: tl.constexpr, PADDING: tl.constexpr,
                        STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """gv[q] = sum over cells n with pos(n, k_in) = q of sum_k_o A[n, k_o, k_in] gY[n, k_o]."""
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)
@@ -187,13 +190,8 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
     x = offs_p % width
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < HEAD_DIM
-    offs_k = tl.arange(0, KK_PAD)
-    mask_k = offs_k < kk
-    k_row = offs_k // K
-    k_col = offs_k % K
     acc = tl.full((BLOCK, D_PAD), 0.0, tl.float32)
     for ki in tl.static_range(K):
-        # grid row i with i*S - P + ki == y (floor-div only on non-negative numbers)
         ty = y + PADDING - ki
         ty_pos = tl.where(ty >= 0, ty, 0)
         i = ty_pos // STRIDE
@@ -202,24 +200,22 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
             tx = x + PADDING - kj
             tx_pos = tl.where(tx >= 0, tx, 0)
             j = tx_pos // STRIDE
-            ok_j = (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
-            ok = mask_p & ok_i & ok_j
+            ok = mask_p & ok_i & (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
             cell = (b * grid_h + i) * grid_w + j
-            col_mask = ok[:, None] & mask_k[None, :]
-            col_off = (cell * (NUM_HEADS * kk * kk) + head * kk * kk + ki * K + kj)[:, None] \
-                + offs_k[None, :] * kk
-            col = tl.load(logits_ptr + col_off, mask=col_mask, other=float('-inf'))
-            lse_off = ((cell * NUM_HEADS + head) * kk)[:, None] + offs_k[None, :]
-            lse = tl.load(lse_ptr + lse_off, mask=col_mask, other=0.0)
-            attn_col = tl.exp(col.to(tl.float32) - lse)
-            gy_y = i[:, None] * STRIDE - PADDING + k_row[None, :]
-            gy_x = j[:, None] * STRIDE - PADDING + k_col[None, :]
-            ok_g = col_mask & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
-            g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
-            gwin = tl.load(gout_ptr + g_off[:, :, None] + offs_d[None, None, :],
-                           mask=ok_g[:, :, None] & mask_d[None, None, :],
-                           other=0.0).to(tl.float32)
-            acc += tl.sum(attn_col[:, :, None] * gwin, axis=1)
+            col_base = cell * (NUM_HEADS * kk * kk) + head * kk * kk + ki * K + kj
+            lse_base = (cell * NUM_HEADS + head) * kk
+            for k_out in range(kk):
+                logit = tl.load(logits_ptr + col_base + k_out * kk, mask=ok,
+                                other=float('-inf')).to(tl.float32)
+                lse = tl.load(lse_ptr + lse_base + k_out, mask=ok, other=0.0)
+                attn = tl.exp(logit - lse)
+                gy_y = i * STRIDE - PADDING + k_out // K
+                gy_x = j * STRIDE - PADDING + k_out % K
+                ok_g = ok & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
+                g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
+                gy = tl.load(gout_ptr + g_off[:, None] + offs_d[None, :],
+                             mask=ok_g[:, None] & mask_d[None, :], other=0.0)
+                acc += attn[:, None] * gy.to(tl.float32)
     out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
                + offs_d[None, :])
     tl.store(gv_ptr + out_off, acc.to(gv_ptr.dtype.element_ty),
