@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> List[dict]:
                     fwd_ms=round(fwd[name], 3), fwdbwd_ms=round(fwdbwd[name], 3),
                     peak_mib=round(peak_mib(op, inputs, device), 1),
                     variants='/'.join(n.upper() for n in names), input_size=size,
-                    repeats=args.repeats))
+                    repeats=args.repeats, threads=torch.get_num_threads()))
             del inputs
     return records
 
@@ -235,6 +235,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
     parser.add_argument('--impls', nargs='+',
                         default=['reference', 'timm', 'chunked', 'triton'])
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads for CPU runs (default: torch default)')
     parser.add_argument('--json', default=None, help='write the records to this path')
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith('cuda')
@@ -248,6 +250,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
 
 def main(argv: List[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     diff = check_timm_equivalence(torch.device(args.device))
     print(f'device={args.device} dtype={args.dtype} batch={args.batch} repeats={args.repeats} '
           f'warmup={args.warmup} torch={torch.__version__} threads={torch.get_num_threads()}')
