@@ -35,8 +35,8 @@ SIZES = [(7, 5), (9, 13), (1, 1), (2, 3), (33, 17)]
 STRIDES = [1, 2]
 HEADS = [1, 2, 3]
 LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # atol == rtol
-TRITON_CASES = [(7, 5, 2, 2), (9, 13, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17, 2, 1),
-                (6, 4, 2, 3)]  # (H, W, stride, heads); batch 2, head_dim 2, K=3, P=1
+# (H, W, stride, heads); batch 1, head_dim 2, K=3, P=1 - the interpreter is slow
+TRITON_CASES = [(7, 5, 2, 2), (5, 9, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17, 2, 1)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,12 +178,12 @@ def _triton_worker() -> None:
     from mmvolo.ops.outlook_triton import outlook_attention_triton
     results = {}
     for height, width, stride, heads in TRITON_CASES:
-        v, logits, grad = make_inputs(height, width, stride, heads)
+        v, logits, grad = make_inputs(height, width, stride, heads, batch=1)
         want = value_and_grads(outlook_attention_reference, v, logits, grad, heads, 3, 1, stride)
         got = value_and_grads(outlook_attention_triton, v, logits, grad, heads, 3, 1, stride)
         results[f'{height}x{width}s{stride}h{heads}'] = max_errors(got, want)
     for dtype in (torch.bfloat16, torch.float16):
-        v, logits, grad = make_inputs(9, 13, 2, 2, head_dim=4, dtype=dtype)
+        v, logits, grad = make_inputs(7, 5, 2, 2, head_dim=4, batch=1, dtype=dtype)
         want = value_and_grads(outlook_attention_reference, v.float(), logits.float(),
                                grad.float(), 2, 3, 1, 2)
         got = value_and_grads(outlook_attention_triton, v, logits, grad, 2, 3, 1, 2)

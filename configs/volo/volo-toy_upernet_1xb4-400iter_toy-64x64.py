@@ -21,8 +21,7 @@ model = dict(
     backbone=dict(
         # a dict replaces the base's arch name: _delete_ drops the string it merges into
         arch=dict(_delete_=True, layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64),
-                  num_heads=(1, 2, 2, 2),
-                  stem_hidden_dims=16),
+                  num_heads=(1, 2, 2, 2), stem_hidden_dims=16),
         img_size=64,
         drop_path_rate=0.0),
     decode_head=dict(in_channels=[32, 32, 64, 64], channels=32, num_classes=num_classes,
@@ -52,12 +51,11 @@ val_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(
-    _delete_=True, type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01))
+optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=0.0005)
+optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=20, end=400),
+    dict(type='PolyLR', power=0.9, eta_min=1e-4, by_epoch=False, begin=20, end=400),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)
 default_hooks = dict(
