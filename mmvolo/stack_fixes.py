@@ -271,14 +271,19 @@ def _replace_norm_type(node: Any, old: str, new: str) -> int:
 
 
 def shutdown_process_group() -> None:
-    """Barrier, then destroy the process group.
+    """Free what still uses the process group, barrier, then destroy the group.
 
     Without it about 1 in 8 CPU (gloo) runs aborted at exit with "terminate called without an
-    active exception" (0 in 16 with it).
+    active exception" (0 in 16 with it). The tools drop their Runner first; the garbage
+    collection here frees its DDP wrapper (whose reducer holds the group) before the group
+    goes, so nothing is left for the interpreter to tear down in the wrong order.
     """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

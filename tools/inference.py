@@ -4,13 +4,16 @@
                               [--opacity 0.5] [--device cpu|cuda:0]
 
 INPUT: image files or folders (their images, not recursive). Writes ``DIR/<name>.png``:
-the image with the predicted classes painted over it (mmseg's SegLocalVisualizer).
+the image with the predicted classes painted over it (mmseg's SegLocalVisualizer), with
+class names written on it when the image is at least 128 pixels on its short side.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
+
+from mmengine.config import Config
 
 import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
 from mmvolo import stack_fixes
@@ -24,6 +27,8 @@ from mmvolo.apis import (
 )
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+#: Class names are written on the overlay only for images at least this large (pixels).
+MIN_SIZE_FOR_LABELS = 128
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,7 +81,8 @@ def default_device() -> str:
     return 'cuda:0' if torch.cuda.is_available() else 'cpu'
 
 
-def paint_overlays(cfg, checkpoint: str, images: list[str], out_dir: str, opacity: float,
+def paint_overlays(cfg: Config, checkpoint: str, images: list[str], out_dir: str,
+                   opacity: float,
                    device: str) -> list[str]:
     """Run the model on each image; save prediction overlays; return the written paths."""
     import mmcv
@@ -94,8 +100,10 @@ def paint_overlays(cfg, checkpoint: str, images: list[str], out_dir: str, opacit
     for path in images:
         result = inference_model(model, path)
         out_file = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.png')
-        visualizer.add_datasample(osp.basename(path), mmcv.imread(path, channel_order='rgb'),
-                                  result, draw_gt=False, show=False, out_file=out_file)
+        image = mmcv.imread(path, channel_order='rgb')
+        visualizer.add_datasample(osp.basename(path), image, result, draw_gt=False,
+                                  show=False, out_file=out_file,
+                                  with_labels=min(image.shape[:2]) >= MIN_SIZE_FOR_LABELS)
         written.append(out_file)
     return written
 

@@ -51,13 +51,15 @@ step "5/5 overlays"
   --out-dir "$work/overlays"
 total_s=$(( $(date +%s) - start ))
 
+train_log="$(ls "$work"/*/*.log 2>/dev/null | head -n 1 || true)"
+test_json="$(ls "$work"/*/*.json 2>/dev/null | tail -n 1 || true)"
 cat <<SUMMARY
 
 [quickstart] done in ${total_s} s (training with validation: ${train_s} s)
   final mIoU (toy validation set, 6 classes): ${miou:-unknown}
   checkpoint:        $checkpoint
-  training log:      $work/<timestamp>/<timestamp>.log
-  test metrics:      $work/<timestamp>/<timestamp>.json
+  training log:      $train_log
+  test metrics:      $test_json
   predicted labels:  $work/predictions/
   colour overlays:   $work/overlays/
 Next: docs/training.md (ADE20K / Cityscapes configs, multi-GPU, slurm).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
@@ -73,11 +73,14 @@ def main() -> None:
     notice = prepare_device(cfg, args.launcher)
     if notice and is_main_process():
         print(notice, flush=True)
-    Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+    del runner  # free the DDP model before its process group goes
     stack_fixes.shutdown_process_group()
 
 
-def enable_visualization(cfg, show: bool, show_dir: str | None, wait_time: float) -> None:
+def enable_visualization(cfg: Config, show: bool, show_dir: str | None,
+                         wait_time: float) -> None:
     """Turn on mmseg's SegVisualizationHook (painted predictions)."""
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
@@ -91,7 +94,7 @@ def enable_visualization(cfg, show: bool, show_dir: str | None, wait_time: float
         cfg.visualizer['save_dir'] = show_dir
 
 
-def enable_tta(cfg) -> None:
+def enable_tta(cfg: Config) -> None:
     """Wrap the model in the config's ``tta_model`` with its ``tta_pipeline``."""
     if not cfg.get('tta_model') or not cfg.get('tta_pipeline'):
         raise UsageError('--tta needs tta_model and tta_pipeline in the config')

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
@@ -69,10 +69,11 @@ def main() -> None:
         print(notice, flush=True)
     runner = build_runner(cfg)
     runner.train()
+    del runner  # free the DDP model before its process group goes
     stack_fixes.shutdown_process_group()
 
 
-def apply_resume(cfg, resume: str | None) -> None:
+def apply_resume(cfg: Config, resume: str | None) -> None:
     """``--resume``: the latest checkpoint of the work dir ('auto') or the given file."""
     cfg.resume = resume is not None
     if resume in (None, 'auto'):
@@ -83,7 +84,7 @@ def apply_resume(cfg, resume: str | None) -> None:
     cfg.load_from = resume
 
 
-def build_runner(cfg) -> Runner:
+def build_runner(cfg: Config) -> Runner:
     """mmengine's Runner, or the config's ``runner_type`` from mmseg's registry."""
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
