@@ -250,12 +250,12 @@ def adapt_cfg_to_cpu(cfg: Any) -> list[str]:
         wrapper['device_ids'] = None
         cfg['model_wrapper_cfg'] = wrapper
         changes.append('DDP without device ids')
-    if _replace_norm_type(cfg.get('model'), 'SyncBN', 'BN'):
+    if replace_norm_type(cfg.get('model'), 'SyncBN', 'BN'):
         changes.append('SyncBN -> BN')
     return changes
 
 
-def _replace_norm_type(node: Any, old: str, new: str) -> int:
+def replace_norm_type(node: Any, old: str, new: str) -> int:
     """Replace ``type=old`` by ``type=new`` in every ``norm_cfg`` below ``node``; count them."""
     count = 0
     if isinstance(node, dict):
@@ -264,9 +264,9 @@ def _replace_norm_type(node: Any, old: str, new: str) -> int:
                 value['type'] = new
                 count += 1
             else:
-                count += _replace_norm_type(value, old, new)
+                count += replace_norm_type(value, old, new)
     elif isinstance(node, (list, tuple)):
-        count += sum(_replace_norm_type(item, old, new) for item in node)
+        count += sum(replace_norm_type(item, old, new) for item in node)
     return count
 
 

@@ -28,6 +28,8 @@ from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
+from ..stack_fixes import replace_norm_type
+
 
 @dataclass
 class Complexity:
@@ -62,24 +64,13 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return batch_heads * queries * keys * (dim + value_dim)
 
 
-def replace_norm_type(node: Any, old: str = 'SyncBN', new: str = 'BN') -> None:
-    """Replace ``type=old`` by ``type=new`` in every ``norm_cfg`` below ``node``, in place."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == 'norm_cfg' and isinstance(value, dict) and value.get('type') == old:
-                value['type'] = new
-            else:
-                replace_norm_type(value, old, new)
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            replace_norm_type(item, old, new)
-
-
-def build_model_for_analysis(cfg: Config | str, cfg_options: dict | None = None) -> nn.Module:
-    """Build ``cfg.model`` on CPU in eval mode, for counting.
+def build_model_for_analysis(cfg: Config | str, cfg_options: dict | None = None,
+                             outlook_impl: str | None = 'reference') -> nn.Module:
+    """Build ``cfg.model`` on CPU in eval mode, for counting or benchmarking.
 
     SyncBN becomes BN, no checkpoint is loaded (``init_cfg``/``pretrained`` dropped) and a
-    VOLO backbone uses the reference outlook attention, whose matmul the counter sees.
+    VOLO backbone uses ``outlook_impl`` (default: the reference outlook attention, whose
+    matmul the FLOP counter sees; None: the automatic choice).
     """
     if isinstance(cfg, str):
         cfg = Config.fromfile(cfg)
@@ -87,12 +78,12 @@ def build_model_for_analysis(cfg: Config | str, cfg_options: dict | None = None)
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
-    replace_norm_type(model_cfg)
+    replace_norm_type(model_cfg, 'SyncBN', 'BN')
     model_cfg.pop('pretrained', None)
     backbone = model_cfg.get('backbone', {})
     backbone['init_cfg'] = None
     if backbone.get('type') == 'VOLO':
-        backbone['outlook_impl'] = 'reference'
+        backbone['outlook_impl'] = outlook_impl
     model = MODELS.build(model_cfg)
     return model.eval()
 

@@ -55,20 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_segmentor(config: str, device: str):
-    """The config's segmentor with no pretrained download and BN instead of SyncBN."""
+    """The config's segmentor: no pretrained weights, BN instead of SyncBN, default outlook
+    attention implementation."""
     import mmvolo  # noqa: F401  (registers VOLO, installs the stack fixes)
-    from mmengine.config import Config
-    from mmseg.registry import MODELS as SEG_MODELS
-    from mmseg.utils import register_all_modules
+    from mmvolo.utils.complexity import build_model_for_analysis
 
-    from mmvolo.stack_fixes import adapt_cfg_to_cpu
-
-    register_all_modules(init_default_scope=True)
-    cfg = Config.fromfile(resolve_config(config))
-    adapt_cfg_to_cpu(cfg)  # SyncBN -> BN; the rest of it is irrelevant here
-    cfg.model.backbone.init_cfg = None
-    cfg.model.pop('pretrained', None)
-    model = SEG_MODELS.build(cfg.model)
+    model = build_model_for_analysis(resolve_config(config), outlook_impl=None)
     model.init_weights()
     return model.to(device)
 
