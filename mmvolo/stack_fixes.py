@@ -88,6 +88,8 @@ _UNACTIONABLE_WARNINGS = (
     (r'.*FileClient.*deprecated', DeprecationWarning),
     (r'.*``build_loss`` would be deprecated', UserWarning),
     (r'.*reduce_zero_label.*deprecated', UserWarning),
+    # mmseg's SegVisualizationHook, on every run whose default config leaves draw=False
+    (r'The draw is False', UserWarning),
 )
 
 

@@ -149,3 +149,13 @@ def test_slurm_env_is_exported(monkeypatch):
                                              ('gpu[7,9]', 'gpu7'), ('single', 'single')])
 def test_first_slurm_host(node_list, host):
     assert stack_fixes.first_slurm_host(node_list) == host
+
+
+def test_mmseg_visualization_hook_warning_is_silenced():
+    code = ('{imp}from mmseg.engine.hooks import SegVisualizationHook\n'
+            'from mmseg.visualization import SegLocalVisualizer\n'
+            "SegLocalVisualizer.get_instance('v')\n"
+            'SegVisualizationHook(draw=False)\n')
+    assert run_python(code.format(imp='import mmvolo\n')).stderr == ''
+    unfiltered = 'import mmvolo, warnings; warnings.resetwarnings()\n'
+    assert 'The draw is False' in run_python(code.format(imp=unfiltered)).stderr
