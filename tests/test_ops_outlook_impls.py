@@ -15,6 +15,7 @@ the parametrized tests read that subprocess's results.
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -273,6 +274,13 @@ def test_triton_on_plain_cpu_falls_back():
     assert select_impl(v, 'triton', logits) == 'chunked'
     out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
     torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
+
+
+def test_triton_name_accepted_without_triton(monkeypatch):
+    dispatch_module = importlib.import_module('mmvolo.ops.outlook_attention')
+    monkeypatch.delitem(dispatch_module._IMPLS, 'triton', raising=False)
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    assert select_impl(v, 'triton', logits) == 'chunked'
 
 
 @pytest.mark.parametrize('impl', ['reference', 'chunked', 'auto'])

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 IMPL_ENV_VAR = 'MMVOLO_OUTLOOK_IMPL'
+# Accepted even when not registered (missing optional dependency): they resolve to 'auto'.
+OPTIONAL_IMPLS = frozenset({'triton'})
 
 OutlookImpl = Callable[..., torch.Tensor]
 SupportsFn = Callable[[torch.Tensor, torch.Tensor], bool]
@@ -117,14 +119,15 @@ def select_impl(v: torch.Tensor, impl: str | None = None,
     """Resolve ``impl`` (argument, else $MMVOLO_OUTLOOK_IMPL, else 'auto') to a registered name.
 
     A known name whose implementation cannot run on these tensors (e.g. 'triton' on CPU
-    tensors or float64) resolves to the 'auto' choice instead; an unknown name raises.
+    tensors or float64, or without triton installed) resolves to the 'auto' choice instead;
+    an unknown name raises.
     """
     name = impl or os.environ.get(IMPL_ENV_VAR, 'auto')
-    if name != 'auto' and name not in _IMPLS:
+    if name != 'auto' and name not in _IMPLS and name not in OPTIONAL_IMPLS:
         raise ValueError(f"unknown outlook attention impl '{name}'; choose one of "
                          f"{['auto', *available_impls()]}")
     logits = v if logits is None else logits
-    if name == 'auto' or not impl_supports(name, v, logits):
+    if name not in _IMPLS or not impl_supports(name, v, logits):
         return _auto_impl(v, logits)
     return name
 

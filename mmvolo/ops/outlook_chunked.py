@@ -39,6 +39,7 @@ CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
 # Elements of the per-chunk unfolded value tensor (B*r*w*C*K*K); the default is a tuned
 # trade-off between per-op overhead and the working set (see docs/performance.md).
 DEFAULT_CHUNK_ELEMS = 1 << 20
+MIN_CHUNKS, MAX_CHUNKS = 2, 8
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -105,10 +106,19 @@ def _overlap_add(dst: torch.Tensor, y: torch.Tensor, row0: int, rows: int, w: in
 
 
 def _chunk_rows(batch: int, w: int, channels: int, kernel_size: int, h: int) -> int:
-    """Number of output-grid rows per chunk (env var overrides the element budget)."""
-    budget = int(os.environ.get(CHUNK_ENV_VAR, DEFAULT_CHUNK_ELEMS))
-    per_row = batch * w * channels * kernel_size * kernel_size
-    return max(1, min(h, budget // max(per_row, 1)))
+    """Output-grid rows per chunk: ceil(h / n) for n = total / budget clamped to [2, 8] chunks.
+
+    At least two chunks keep the peak below the reference's even for small inputs; at most
+    eight bound the number of ops, whose fixed cost dominates when the CPU is oversubscribed
+    (every op is a parallel region whose threads wait for each other). Setting
+    $MMVOLO_OUTLOOK_CHUNK_ELEMS (elements of one chunk's unfolded values) bypasses the clamp.
+    """
+    per_row = max(batch * w * channels * kernel_size * kernel_size, 1)
+    override = os.environ.get(CHUNK_ENV_VAR)
+    if override:
+        return max(1, min(h, int(override) // per_row))
+    chunks = min(MAX_CHUNKS, max(MIN_CHUNKS, -(-per_row * h // DEFAULT_CHUNK_ELEMS)))
+    return -(-h // chunks)
 
 
 def _attn(logits: torch.Tensor, row0: int, rows: int, kk: int,

@@ -229,7 +229,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
                         help='default: 8 on CUDA, 2 on CPU')
     parser.add_argument('--repeats', type=int, default=None,
                         help='timed runs per case; default: 20 on CUDA, 3 on CPU')
-    parser.add_argument('--warmup', type=int, default=None, help='default: 3 CUDA, 1 CPU')
+    parser.add_argument('--warmup', type=int, default=None, help='default: 3 CUDA, 2 CPU')
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
                         choices=list(VARIANTS))
     parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
@@ -242,7 +242,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     on_cuda = args.device.startswith('cuda')
     args.batch = args.batch or (8 if on_cuda else 2)
     args.repeats = args.repeats or (20 if on_cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
+    args.warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 2)
     if 'reference' not in args.impls:
         args.impls = ['reference', *args.impls]  # ratios need it
     return args
