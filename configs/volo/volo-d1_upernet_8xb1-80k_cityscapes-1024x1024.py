@@ -7,6 +7,7 @@ _base_ = [
     'mmseg::_base_/datasets/cityscapes_1024x1024.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_80k.py',
+    '../_base_/schedules/volo_adamw_layer_decay.py',
 ]
 
 crop_size = (1024, 1024)
@@ -25,14 +26,7 @@ model = dict(
     # 1024x2048 images, 1024x1024 windows, stride 768: 1 x 3 windows per image.
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(768, 768)))
 
-# AdamW with layer-wise lr decay: lr * layer_decay_rate ** (top id - layer id), heads at lr;
-# no weight decay on pos_embed, norms and biases (see mmvolo/engine).
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    constructor='VOLOLayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.9))
+optim_wrapper = {{_base_.volo_optim_wrapper}}
 
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
