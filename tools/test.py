@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
@@ -24,9 +24,9 @@ from mmvolo.apis import (
     check_seg_config,
     is_main_process,
     load_config,
+    parse_tool_args,
     prepare_device,
     run_tool,
-    set_local_rank,
 )
 
 
@@ -41,15 +41,7 @@ def parse_args() -> argparse.Namespace:
                         'of the work dir, in this sub-directory')
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, KEY=VALUE')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    set_local_rank(args.local_rank)
-    return args
+    return parse_tool_args(parser)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
@@ -24,9 +24,9 @@ from mmvolo.apis import (
     enable_amp,
     is_main_process,
     load_config,
+    parse_tool_args,
     prepare_device,
     run_tool,
-    set_local_rank,
 )
 
 
@@ -39,15 +39,7 @@ def parse_args() -> argparse.Namespace:
         help='resume training: from CHECKPOINT if given, else from the latest checkpoint in '
         'the work dir')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, KEY=VALUE (e.g. train_cfg.max_iters=1000)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    set_local_rank(args.local_rank)
-    return args
+    return parse_tool_args(parser)
 
 
 def main() -> None:

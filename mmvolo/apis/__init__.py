@@ -16,11 +16,13 @@ from .launch import (
                      apply_work_dir,
                      enable_amp,
                      is_main_process,
+                     parse_tool_args,
                      prepare_device,
                      run_tool,
                      set_local_rank,
 )
 
 __all__ = ['UsageError', 'apply_work_dir', 'check_arch', 'check_checkpoint', 'check_data_roots',
-           'check_seg_config', 'enable_amp', 'is_main_process', 'load_config', 'prepare_device',
+           'check_seg_config', 'enable_amp', 'is_main_process', 'load_config', 'parse_tool_args',
+           'prepare_device',
            'run_tool', 'set_local_rank']

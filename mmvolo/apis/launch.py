@@ -1,12 +1,13 @@
 """Preparing a Runner config for the machine it runs on, and running a tool's ``main``."""
 from __future__ import annotations
 
+import argparse
 import os
 import os.path as osp
 import sys
 from typing import Callable
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 from .. import stack_fixes
 from ..models.weights import CheckpointError
@@ -80,3 +81,17 @@ def is_main_process() -> bool:
 def set_local_rank(local_rank: int) -> None:
     """Export ``LOCAL_RANK`` for launchers that pass ``--local-rank`` instead."""
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
+
+
+def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add the options every mmvolo tool shares (``--cfg-options``, ``--launcher``,
+    ``--local-rank``), parse the command line and export ``LOCAL_RANK``."""
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, KEY=VALUE (e.g. train_cfg.max_iters=1000)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    set_local_rank(args.local_rank)
+    return args
