@@ -7,8 +7,10 @@ are called by mmvolo's tools.
 """
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -102,6 +104,47 @@ def silence_unactionable_warnings() -> None:
     """
     for message, category in _UNACTIONABLE_WARNINGS:
         warnings.filterwarnings('ignore', message=message, category=category)
+
+
+#: Substrings of mmengine log records (logger warnings, not Python warnings) that users of
+#: mmvolo cannot act on: mmengine's own deprecations triggered by mmseg internals, and mmseg's
+#: IoUMetric not setting a metric prefix.
+UNACTIONABLE_LOG_MESSAGES = (
+    '"FileClient" will be deprecated in future',
+    '"HardDiskBackend" is the alias of "LocalBackend"',
+    'The prefix is not set in metric class',
+)
+
+
+class _DropUnactionableRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not any(text in message for text in UNACTIONABLE_LOG_MESSAGES)
+
+
+def filter_unactionable_log_records() -> None:
+    """Drop mmengine log records that say nothing a user can change.
+
+    mmengine reports its FileClient/HardDiskBackend deprecations (used by mmseg's transforms and
+    hooks) and the missing IoUMetric prefix through its MMLogger at WARNING level on every
+    run, so the warning filters above do not reach them. Every MMLogger, present and future,
+    gets a logging filter dropping exactly those records.
+    """
+    from mmengine.logging import MMLogger
+
+    if getattr(MMLogger.__init__, '_mmvolo_filtered', False):
+        return
+    original_init = MMLogger.__init__
+
+    @functools.wraps(original_init)
+    def init_with_filter(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.addFilter(_DropUnactionableRecords())
+
+    init_with_filter._mmvolo_filtered = True  # type: ignore[attr-defined]
+    MMLogger.__init__ = init_with_filter
+    for logger in MMLogger._instance_dict.values():
+        logger.addFilter(_DropUnactionableRecords())
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +337,7 @@ def shutdown_process_group() -> None:
 def apply_import_time_fixes() -> None:
     """The fixes ``import mmvolo`` applies (before mmseg is imported)."""
     silence_unactionable_warnings()
+    filter_unactionable_log_records()
     install_mmcv_ext_standin()
     register_checkpoint_loader()
 

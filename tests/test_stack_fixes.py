@@ -159,3 +159,17 @@ def test_mmseg_visualization_hook_warning_is_silenced():
     assert run_python(code.format(imp='import mmvolo\n')).stderr == ''
     unfiltered = 'import mmvolo, warnings; warnings.resetwarnings()\n'
     assert 'The draw is False' in run_python(code.format(imp=unfiltered)).stderr
+
+
+def test_unactionable_mmengine_log_records_are_dropped():
+    code = ('{imp}from mmengine.logging import MMLogger, print_log\n'
+            "MMLogger.get_instance('run', log_level='INFO')\n"
+            'from mmengine.fileio import FileClient\n'
+            "FileClient(backend='disk')\n"
+            "print_log('a warning users need', logger='current', level=30)\n")
+    quiet = run_python(code.format(imp='import mmvolo\n'))
+    assert quiet.returncode == 0, quiet.stderr
+    assert 'FileClient' not in quiet.stdout and 'HardDiskBackend' not in quiet.stdout
+    assert 'a warning users need' in quiet.stdout
+    noisy = run_python(code.format(imp=''))
+    assert '"FileClient" will be deprecated' in noisy.stdout
