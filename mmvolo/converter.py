@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from .models.arch_zoo import ARCH_ZOO
+from .models.embed import POS_EMBED_STRIDE
 from .models.weights import (
     HEAD_KEY_PATTERN,
     CheckpointError,
@@ -37,8 +38,6 @@ from .models.weights import (
     require_volo,
 )
 
-#: Token stride of ``pos_embed`` (input pixels per token).
-POS_EMBED_STRIDE = 16
 #: Largest max-abs difference, relative to max(1, max |reference|), that --verify accepts.
 VERIFY_TOLERANCE = 1e-4
 

@@ -15,6 +15,7 @@ from ..models.weights import (
     CheckpointError,
     describe_state_dict,
     extract_state_dict,
+    first_line,
     is_volo_state_dict,
     read_checkpoint,
 )
@@ -48,12 +49,12 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
     try:
         cfg = Config.fromfile(path)
     except Exception as error:  # noqa: BLE001 - any parse/import failure is the user's file
-        raise UsageError(f'cannot read config {path}: {_first_line(error)}') from None
+        raise UsageError(f'cannot read config {path}: {first_line(error, 300)}') from None
     if cfg_options:
         try:
             cfg.merge_from_dict(cfg_options)
         except Exception as error:  # noqa: BLE001
-            raise UsageError(f'bad --cfg-options: {_first_line(error)}') from None
+            raise UsageError(f'bad --cfg-options: {first_line(error, 300)}') from None
     return cfg
 
 
@@ -223,8 +224,3 @@ def _compare(path: str, state_dict: dict, expected: dict[str, tuple[int, ...]]) 
     if missing:
         raise UsageError(f'checkpoint {path} lacks {len(missing)} of the model\'s tensors, e.g. '
                          f'{missing[0]} ({describe_state_dict(state_dict)})', exit_code=1)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__

@@ -5,6 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+#: Input pixels per token after the downsample: pos_embed has (H/16, W/16) entries, and the
+#: backbone pads inputs to a multiple of it.
+POS_EMBED_STRIDE = 16
+
 
 class PatchEmbed(nn.Module):
     """Images (B, 3, H, W) -> tokens (B, C, H/8, W/8) (H, W multiples of 8).

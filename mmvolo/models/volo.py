@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..registry import MODELS
 from .arch_zoo import resolve_arch
 from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
-from .embed import Downsample, PatchEmbed, resize_pos_embed
+from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
 from .weights import CheckpointError, describe_state_dict, detect_arch, load_volo_weights
 
 #: network index of each block group: outlookers, then three transformer groups
@@ -28,8 +28,6 @@ GROUP_NETWORK_INDEX = (0, 2, 3, 4)
 GROUP_STRIDES = (8, 16, 16, 16)
 #: Pyramid levels: (block group tapped, output stride).
 PYRAMID_LEVELS = ((0, 4), (0, 8), (2, 16), (3, 32))
-#: Inputs are padded to a multiple of this (the token stride after the downsample).
-SIZE_DIVISOR = 16
 
 
 @MODELS.register_module()
@@ -110,8 +108,8 @@ class VOLO(BaseModule):
         self.num_layers = sum(layers)
 
         self.patch_embed = PatchEmbed(in_channels, settings['stem_hidden_dims'], dims[0])
-        self.pos_embed = nn.Parameter(torch.zeros(
-            1, self.img_size[0] // SIZE_DIVISOR, self.img_size[1] // SIZE_DIVISOR, dims[-1]))
+        grid = (self.img_size[0] // POS_EMBED_STRIDE, self.img_size[1] // POS_EMBED_STRIDE)
+        self.pos_embed = nn.Parameter(torch.zeros(1, *grid, dims[-1]))
         rates = [drop_path_rate * index / max(self.num_layers - 1, 1)
                  for index in range(self.num_layers)]
         network: list[nn.Module] = [nn.Sequential(*[
@@ -142,7 +140,7 @@ class VOLO(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Images (B, in_channels, H, W) -> tuple of NCHW maps (see the class docstring)."""
         height, width = self._check_input(x)
-        groups = self.forward_groups(_pad_to_multiple(x, SIZE_DIVISOR))
+        groups = self.forward_groups(_pad_to_multiple(x, POS_EMBED_STRIDE))
         if not self.feature_pyramid:
             return tuple(_crop(groups[i], height, width, GROUP_STRIDES[i])
                          for i in self.out_indices)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .arch_zoo import match_arch
+from .embed import POS_EMBED_STRIDE
 
 #: Wrappers seen in the wild, tried in this order (``state_dict_ema`` first with ``ema=True``).
 WRAPPER_KEYS = ('state_dict', 'state_dict_ema', 'model', 'model_ema', 'module')
@@ -95,12 +96,13 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def _corrupt(path: str, error: BaseException) -> CheckpointError:
-    return CheckpointError(f'{path} is truncated or corrupt ({_first_line(error)})')
+    return CheckpointError(f'{path} is truncated or corrupt ({first_line(error)})')
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """First line of an error's message (at most ``limit`` characters), for one-line reports."""
     text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    return text[0][:limit] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------
@@ -216,7 +218,8 @@ def infer_settings(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     pos_embed = state_dict.get('pos_embed')
     img_size = None
     if pos_embed is not None:
-        img_size = (int(pos_embed.shape[1]) * 16, int(pos_embed.shape[2]) * 16)
+        img_size = (int(pos_embed.shape[1]) * POS_EMBED_STRIDE,
+                    int(pos_embed.shape[2]) * POS_EMBED_STRIDE)
     return dict(layers=layers, embed_dims=embed_dims,
                 num_heads=(outlook_logits // kernel_area, None, None, None),
                 mlp_ratio=hidden / embed_dims[0],
