@@ -149,10 +149,64 @@ def test_out_indices_out_of_range(out_indices):
         VOLO('d1', out_indices=out_indices)
 
 
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(drop_path_rate=-0.5), ValueError, r'drop_path_rate=-0.5: must be in \[0, 1\)'),
+    (dict(drop_path_rate=1.5), ValueError, r'drop_path_rate=1.5: must be in \[0, 1\)'),
+    (dict(drop_path_rate='0.1'), TypeError, r"drop_path_rate='0.1': must be a number"),
+    (dict(attn_drop_rate=1.0), ValueError, r'attn_drop_rate=1.0: must be in \[0, 1\)'),
+    (dict(img_size=0), ValueError, r'img_size=0: must be >= 16'),
+    (dict(img_size=-32), ValueError, r'img_size=-32: must be >= 16'),
+    (dict(img_size=(64, 0)), ValueError, r'img_size=\(64, 0\): must be >= 16'),
+    (dict(img_size=8), ValueError, r'img_size=8: must be >= 16'),
+    (dict(img_size=64.0), TypeError, r'img_size=64.0: must be an int or a pair'),
+    (dict(img_size=(64, 64, 64)), TypeError, r'img_size=\(64, 64, 64\): must be an int or a pair'),
+    (dict(out_indices=(1.5,)), TypeError, r'out_indices=\(1.5,\): must be an int or a sequence'),
+    (dict(out_indices=('1',)), TypeError, r"out_indices=\('1',\): must be an int or a seq"),
+    (dict(out_indices=(True, 2)), TypeError, r'out_indices=\(True, 2\): must be an int or a'),
+    (dict(out_indices='1'), TypeError, r"out_indices='1': must be an int or a sequence"),
+    (dict(frozen_stages=5), ValueError, r'frozen_stages=5: must be in -1..4'),
+    (dict(in_channels=0), ValueError, r'in_channels=0: must be >= 1'),
+])
+def test_bad_constructor_args_are_one_line_errors(kwargs, error, match, tiny_arch):
+    with pytest.raises(error, match=f'^VOLO {match}') as info:
+        VOLO(tiny_arch, **kwargs)
+    assert '\n' not in str(info.value)
+
+
+def test_validated_args_are_normalised(tiny_arch):
+    backbone = VOLO(tiny_arch, img_size=[32, 48], out_indices=[1, 2], drop_path_rate=0.5)
+    assert backbone.img_size == (32, 48)
+    assert backbone.out_indices == (1, 2)
+    assert VOLO(tiny_arch, out_indices=3).out_indices == (3,)
+
+
 @pytest.mark.parametrize('shape', [(1, 1, 64, 64), (3, 64, 64), (1, 4, 32, 32)])
 def test_input_must_be_3_channel_nchw(shape, tiny_arch):
     with pytest.raises(ValueError, match=r'expects images \(B, 3, H, W\)'):
         VOLO(tiny_arch)(torch.randn(*shape))
+
+
+@pytest.mark.parametrize('shape', [(0, 3, 32, 32), (1, 3, 0, 32), (2, 3, 32, 0)])
+def test_empty_input_is_a_clear_error(shape, tiny_arch):
+    with pytest.raises(ValueError, match=r'non-empty batch \(B >= 1, H >= 1, W >= 1\)'):
+        VOLO(tiny_arch)(torch.zeros(*shape))
+
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.float64, torch.int64])
+def test_input_dtype_must_match_the_weights(dtype, tiny_arch):
+    images = torch.zeros(1, 3, 32, 32, dtype=dtype)
+    match = (r"expects a floating-point tensor of the model's dtype float32, got "
+             rf'{dtype}; normalise/convert it first')
+    with pytest.raises(TypeError, match=match):
+        VOLO(tiny_arch)(images)
+
+
+def test_autocast_accepts_float32_and_bf16_input(tiny_arch):
+    backbone = VOLO(tiny_arch).eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16):
+            outputs = backbone(torch.randn(1, 3, 32, 32, dtype=dtype))
+            assert all(torch.isfinite(out.float()).all() for out in outputs)
 
 
 def test_frozen_stages_and_norm_eval(tiny_arch):

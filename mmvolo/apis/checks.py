@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 from mmengine.config import Config
 
 from ..models.arch_zoo import resolve_arch
+from ..models.volo import VOLO_ARG_CHECKS, validate_volo_arg
 from ..models.weights import (
     CheckpointError,
     describe_state_dict,
@@ -97,7 +98,8 @@ def _type_name(model_type: Any) -> str:
 
 
 def check_arch(cfg: Config) -> None:
-    """Validate the ``arch`` of every VOLO backbone in the model (the backbone's own message)."""
+    """Validate the ``arch`` and the other checked arguments (:data:`VOLO_ARG_CHECKS`) of
+    every VOLO backbone in the model, with the backbone's own rules, without building it."""
     for where, node in _walk_dicts(cfg.get('model'), 'model'):
         if _type_name(node.get('type')).split('.')[-1] != 'VOLO':
             continue
@@ -105,6 +107,18 @@ def check_arch(cfg: Config) -> None:
             resolve_arch(node.get('arch', 'd1'))
         except (ValueError, TypeError) as error:
             raise UsageError(f'{where}.arch: {error}') from None
+        _check_volo_args(node, where)
+
+
+def _check_volo_args(node: dict, where: str) -> None:
+    """One line naming the config key, e.g. ``model.backbone.out_indices=[0, 7]: ...``."""
+    for name in VOLO_ARG_CHECKS:
+        if name not in node:
+            continue
+        try:
+            validate_volo_arg(name, node[name])
+        except (ValueError, TypeError) as error:
+            raise UsageError(f'{where}.{error}') from None
 
 
 def check_data_roots(cfg: Config, dataloaders: Sequence[str]) -> None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -96,10 +97,13 @@ class VOLO(BaseModule):
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         settings = resolve_arch(arch)
+        args = validate_volo_args(img_size=img_size, in_channels=in_channels,
+                                  out_indices=out_indices, frozen_stages=frozen_stages,
+                                  drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate)
         self.arch_settings = settings
-        self.img_size = _pair(img_size)
+        self.img_size = args['img_size']
         self.in_channels = in_channels
-        self.out_indices = _check_out_indices(out_indices)
+        self.out_indices = args['out_indices']
         self.feature_pyramid = feature_pyramid
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
@@ -187,9 +191,19 @@ class VOLO(BaseModule):
         return _crop(feature, height, width, stride)
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
+        """Shape and dtype checks on tensor attributes only (no graph break under compile)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'VOLO expects images (B, {self.in_channels}, H, W), got a tensor '
                              f'of shape {tuple(x.shape)}')
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f'VOLO expects a non-empty batch (B >= 1, H >= 1, W >= 1), got a '
+                             f'tensor of shape {tuple(x.shape)}')
+        weight_dtype = self.pos_embed.dtype
+        if not x.is_floating_point() or (x.dtype != weight_dtype
+                                         and not _autocast_accepts(x)):
+            raise TypeError(f"VOLO expects a floating-point tensor of the model's dtype "
+                            f'{_dtype_name(weight_dtype)}, got {x.dtype}; normalise/convert it '
+                            f'first (e.g. x.to({weight_dtype}))')
         return x.shape[2], x.shape[3]
 
     # ---------------------------------------------------------------------------- training
@@ -309,21 +323,110 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if len(size) != 2:
-        raise ValueError(f'img_size must be an int or (H, W), got {size}')
-    return int(size[0]), int(size[1])
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
-    indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
-    bad = [index for index in indices if not 0 <= index < 4]
-    if not indices or bad:
-        raise ValueError(f'VOLO out_indices must be a non-empty subset of 0..3 (4 pyramid '
-                         f'levels / block groups), got {out_indices}')
-    return indices
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
+    """``img_size`` as (H, W); ints of at least :data:`POS_EMBED_STRIDE` (16)."""
+    sizes = (img_size, img_size) if _is_int(img_size) else img_size
+    if (not isinstance(sizes, Sequence) or len(sizes) != 2
+            or not all(_is_int(size) for size in sizes)):
+        raise TypeError('must be an int or a pair of ints (H, W)')
+    if min(sizes) < POS_EMBED_STRIDE:
+        raise ValueError(f'must be >= {POS_EMBED_STRIDE} (pos_embed has img_size // '
+                         f'{POS_EMBED_STRIDE} entries per side)')
+    return int(sizes[0]), int(sizes[1])
+
+
+def check_in_channels(in_channels: int) -> int:
+    """``in_channels``: an int >= 1."""
+    if not _is_int(in_channels):
+        raise TypeError('must be an int')
+    if in_channels < 1:
+        raise ValueError('must be >= 1')
+    return int(in_channels)
+
+
+def check_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
+    """``out_indices`` as a tuple: a non-empty selection of the 4 outputs, 0..3."""
+    indices = (out_indices,) if _is_int(out_indices) else out_indices
+    if (not isinstance(indices, Sequence) or isinstance(indices, str)
+            or not all(_is_int(index) for index in indices)):
+        raise TypeError('must be an int or a sequence of ints in 0..3')
+    if not indices or not all(0 <= index < 4 for index in indices):
+        raise ValueError('must be a non-empty subset of 0..3 (4 pyramid levels / block groups)')
+    return tuple(int(index) for index in indices)
+
+
+def check_frozen_stages(frozen_stages: int) -> int:
+    """``frozen_stages``: -1 (none) to 4 (all block groups)."""
+    if not _is_int(frozen_stages):
+        raise TypeError('must be an int in -1..4')
+    if not -1 <= frozen_stages <= 4:
+        raise ValueError('must be in -1..4 (-1 freezes nothing, 4 every block group)')
+    return int(frozen_stages)
+
+
+def check_rate(rate: float) -> float:
+    """A drop rate: a number in [0, 1)."""
+    if not _is_real(rate):
+        raise TypeError('must be a number in [0, 1)')
+    if not 0 <= rate < 1:
+        raise ValueError('must be in [0, 1)')
+    return float(rate)
+
+
+#: The checks of VOLO's constructor arguments, by name; each returns the normalised value or
+#: raises ValueError/TypeError with the rule (see :func:`validate_volo_args`).
+VOLO_ARG_CHECKS: dict[str, Callable[[Any], Any]] = {
+    'img_size': check_img_size,
+    'in_channels': check_in_channels,
+    'out_indices': check_out_indices,
+    'frozen_stages': check_frozen_stages,
+    'drop_path_rate': check_rate,
+    'attn_drop_rate': check_rate,
+}
+
+
+def validate_volo_arg(name: str, value: Any) -> Any:
+    """Check one VOLO argument (a key of :data:`VOLO_ARG_CHECKS`); returns it normalised.
+
+    Raises:
+        ValueError, TypeError: with the rule, e.g. ``out_indices=(0, 5): must be ...``.
+    """
+    try:
+        return VOLO_ARG_CHECKS[name](value)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f'{name}={value!r}: {error}') from None
+
+
+def validate_volo_args(**args: Any) -> dict[str, Any]:
+    """Check VOLO constructor arguments by name; returns them normalised.
+
+    Raises:
+        ValueError, TypeError: one line, ``VOLO <name>=<value>: <rule>``.
+    """
+    checked = {}
+    for name, value in args.items():
+        try:
+            checked[name] = validate_volo_arg(name, value)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f'VOLO {error}') from None
+    return checked
+
+
+def _autocast_accepts(x: torch.Tensor) -> bool:
+    """Whether autocast will cast ``x`` to the compute dtype (it casts float16/32/bf16)."""
+    return x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix('torch.')
 
 
 def _pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:

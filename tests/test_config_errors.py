@@ -1,0 +1,109 @@
+"""Bad VOLO backbone arguments in a config, and malformed ``--cfg-options``: one line each.
+
+The checks are tested directly; a few tool subprocesses (run concurrently) confirm what a
+user sees.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, single_line_error, tool_command, tool_env
+
+from mmvolo.apis import UsageError, check_arch, load_config
+from mmvolo.apis.launch import CfgOptionsAction, cfg_option_problem
+
+
+@pytest.fixture(scope='module')
+def toy_cfg():
+    return load_config(str(TOY_CONFIG))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('out_indices', (0, 5), 'model.backbone.out_indices=(0, 5): must be a non-empty subset'),
+    ('out_indices', [1.5], 'model.backbone.out_indices=[1.5]: must be an int or a sequence'),
+    ('drop_path_rate', 1.5, r'model.backbone.drop_path_rate=1.5: must be in [0, 1)'),
+    ('drop_path_rate', -0.5, r'model.backbone.drop_path_rate=-0.5: must be in [0, 1)'),
+    ('img_size', 0, 'model.backbone.img_size=0: must be >= 16'),
+    ('img_size', [64, 8], 'model.backbone.img_size=[64, 8]: must be >= 16'),
+    ('frozen_stages', 7, 'model.backbone.frozen_stages=7: must be in -1..4'),
+])
+def test_check_arch_names_the_bad_backbone_key(toy_cfg, key, value, message):
+    cfg = copy.deepcopy(toy_cfg)
+    cfg.model.backbone[key] = value
+    with pytest.raises(UsageError) as info:
+        check_arch(cfg)
+    assert str(info.value).startswith(message), str(info.value)
+    assert '\n' not in str(info.value)
+
+
+def test_check_arch_accepts_the_toy_config(toy_cfg):
+    check_arch(toy_cfg)
+
+
+@pytest.mark.parametrize('item, problem', [
+    ('model.backbone.out_indices=[0,1', "unclosed '['"),
+    ('a=((', "unclosed '('"),
+    ('a=[(1,2],3)', "unmatched ']'"),
+    ('a=)(', "unmatched ')'"),
+    ('train_cfg.max_iters', 'expected KEY=VALUE'),
+    ('=3', 'expected KEY=VALUE'),
+])
+def test_malformed_cfg_option_is_named(item, problem):
+    assert problem in cfg_option_problem(item)
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction)
+    with pytest.raises(UsageError, match=f'^--cfg-options {re.escape(repr(item))}: '):
+        parser.parse_args(['--cfg-options', 'ok=1', item])
+
+
+def test_well_formed_cfg_options_parse_as_before():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction)
+    args = parser.parse_args(['--cfg-options', 'a=[(1,2),[3,b]]', 'c=1,2', 'd=x', 'e=(0,)'])
+    assert args.cfg_options == {'a': [(1, 2), [3, 'b']], 'c': [1, 2], 'd': 'x', 'e': (0,)}
+
+
+# ------------------------------------------------------------------ what a user sees (CLI)
+CLI_CASES = {
+    'out_indices out of range': (
+        ['model.backbone.out_indices=[0,7]'],
+        'error: model.backbone.out_indices=[0, 7]: must be a non-empty subset of 0..3'),
+    'unclosed bracket': (
+        ['model.backbone.out_indices=[0,1'],
+        "error: --cfg-options 'model.backbone.out_indices=[0,1': unbalanced brackets"),
+    'mismatched brackets': (['a=[(1,2],3)'], "error: --cfg-options 'a=[(1,2],3)': unbalanced"),
+}
+
+
+@pytest.fixture(scope='module')
+def cli_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp('config_errors')
+    data = make_tiny_data(root / 'toy', num_train=2, num_val=2)
+    config = root / 'toy.py'
+    config.write_text(f"_base_ = [{str(TOY_CONFIG)!r}]\ndata_root = {str(data)!r}\n"
+                      "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
+                      "val_dataloader = dict(dataset=dict(data_root=data_root))\n")
+    running = {name: subprocess.Popen(
+        tool_command('train.py', config, '--work-dir', root / 'work', '--cfg-options',
+                     *options), cwd=REPO, env=tool_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for name, (options, _) in CLI_CASES.items()}
+    results = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                                    stderr)
+    return results
+
+
+@pytest.mark.parametrize('case', sorted(CLI_CASES))
+def test_train_cli_reports_one_line(cli_results: dict, case: str):
+    result = cli_results[case]
+    line = single_line_error(result)
+    assert line.startswith(CLI_CASES[case][1]), line
+    assert result.returncode == 2, result.stderr
+    assert not (Path(result.args[result.args.index('--work-dir') + 1])).exists()
