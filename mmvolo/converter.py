@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -31,6 +33,7 @@ from .models.weights import (
     HEAD_KEY_PATTERN,
     CheckpointError,
     ConversionReport,
+    NoEmaWeightsError,
     convert_state_dict,
     detect_arch,
     extract_state_dict,
@@ -40,6 +43,20 @@ from .models.weights import (
 
 #: Largest max-abs difference, relative to max(1, max |reference|), that --verify accepts.
 VERIFY_TOLERANCE = 1e-4
+#: Largest target image side (pixels): a 256x256-token ``pos_embed`` (D5: 200 MB in fp32).
+MAX_IMG_SIZE = 4096
+
+
+class ImageSizeError(ValueError):
+    """A target image size the converter cannot use (not a multiple of 16, or too large)."""
+
+
+class OutputPathError(ValueError):
+    """An output path that would destroy the input, or that is not a file path."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived inside :func:`sigterm_raises` (cleanup runs as for Ctrl-C)."""
 
 
 @dataclass
@@ -69,7 +86,11 @@ def load_source(src: str | os.PathLike, ema: bool = False, trust: bool = False
     Raises:
         CheckpointError: missing/corrupt/untrusted file, or not VOLO weights.
     """
-    state_dict, notes = extract_state_dict(read_checkpoint(src, trust=trust), ema=ema)
+    checkpoint = read_checkpoint(src, trust=trust)
+    try:
+        state_dict, notes = extract_state_dict(checkpoint, ema=ema)
+    except NoEmaWeightsError as error:
+        raise NoEmaWeightsError(f'{os.fspath(src)}: {error}') from None
     require_volo(state_dict, os.fspath(src))
     return state_dict, notes
 
@@ -93,17 +114,39 @@ def target_grid(img_size: int | tuple[int, ...] | list[int] | None
     """``pos_embed`` token grid (H/16, W/16) for a target image size (int or (H, W)).
 
     Raises:
-        CheckpointError: a size that is not a positive multiple of 16.
+        ImageSizeError: not one or two multiples of 16 within 16..:data:`MAX_IMG_SIZE`.
     """
     if img_size is None:
         return None
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    size = (img_size,) if isinstance(img_size, int) else tuple(img_size)
     if len(size) == 1:
         size = (size[0], size[0])
-    if len(size) != 2 or any(s <= 0 or s % POS_EMBED_STRIDE for s in size):
-        raise CheckpointError(f'--img-size must be one or two positive multiples of '
-                              f'{POS_EMBED_STRIDE}, got {list(size)}')
+    valid = all(isinstance(side, int) and not isinstance(side, bool) for side in size)
+    if len(size) != 2 or not valid or any(side <= 0 or side % POS_EMBED_STRIDE for side in size):
+        raise ImageSizeError(f'the image size must be one or two positive multiples of '
+                             f'{POS_EMBED_STRIDE}, got {list(size)}')
+    if max(size) > MAX_IMG_SIZE:
+        raise ImageSizeError(f'image size {list(size)} is too large: at most {MAX_IMG_SIZE} '
+                             f'pixels a side (a {MAX_IMG_SIZE // POS_EMBED_STRIDE}x'
+                             f'{MAX_IMG_SIZE // POS_EMBED_STRIDE}-token pos_embed)')
     return size[0] // POS_EMBED_STRIDE, size[1] // POS_EMBED_STRIDE
+
+
+def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Refuse a ``dst`` that is ``src`` (same path, symlink or hard link) or a folder.
+
+    Raises:
+        OutputPathError: say which.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.isdir(dst):
+        raise OutputPathError(f'output {dst} is a folder; give the output file path')
+    same = os.path.realpath(src) == os.path.realpath(dst)
+    if not same and os.path.exists(src) and os.path.exists(dst):
+        same = os.path.samefile(src, dst)
+    if same:
+        raise OutputPathError(f'output {dst} is the input file {src}: converting would replace '
+                              'it; choose another output path')
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,23 +183,52 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
 def atomic_output(dst: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``dst``; on success move it onto ``dst``.
 
-    Whatever fails inside the block, the temporary file is removed and an existing ``dst``
-    is left untouched. The temporary name keeps ``dst``'s suffix (readers go by it).
+    Whatever fails inside the block (an error, Ctrl-C, SIGTERM under :func:`sigterm_raises`),
+    the temporary file is removed and an existing ``dst`` is left untouched. The temporary
+    name keeps ``dst``'s suffix (readers go by it). ``dst`` gets the usual mode of a new file
+    (``0o666`` less the umask), whatever mode the writer gave the temporary file.
     """
     dst = os.fspath(dst)
     folder = os.path.dirname(os.path.abspath(dst))
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(dst)
     suffix = '.safetensors' if name.endswith('.safetensors') else '.pth'
-    handle, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix=f'.tmp{suffix}', dir=folder)
-    os.close(handle)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+    tmp = None
     try:
+        handle, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix=f'.tmp{suffix}', dir=folder)
+        os.close(handle)
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and safetensors' writer) make 0600
         os.replace(tmp, dst)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread.
+
+    So a ``kill`` cleans up like Ctrl-C (``finally`` blocks such as :func:`atomic_output`'s
+    run); later SIGTERMs during that cleanup are ignored. The previous handler is restored
+    on exit. Outside the main thread (where handlers cannot be set) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Terminated(f'terminated by signal {signum}')
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _umask() -> int:
@@ -181,7 +253,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
         keep_head: keep the classification head, in the mmpretrain classifier layout.
         img_size: target resolution (int or (H, W)); ``pos_embed`` is resized to
             (H/16, W/16). None keeps the pretraining size.
-        ema: take the EMA weights when the file holds both.
+        ema: take the EMA weights (the file must hold some).
         safetensors: force .safetensors output.
         trust: allow files that need arbitrary pickled code (only for trusted sources).
         verify: compare the written file against timm's model with the source weights
@@ -192,11 +264,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
         ConversionResult (``verify`` holds the max-abs differences when checked).
 
     Raises:
-        CheckpointError: unusable input (one-line message); nothing is written then.
+        ImageSizeError: unusable ``img_size``; OutputPathError: ``dst`` is ``src`` or a folder.
+        CheckpointError: unusable input (one-line message; NoEmaWeightsError for ``ema``
+            without EMA weights). Nothing is written then.
+        OSError: the write failed (disk full, ...); ``dst`` is left as it was.
     """
+    grid = target_grid(img_size)
+    check_output_path(src, dst)
     state_dict, notes = load_source(src, ema=ema, trust=trust)
     arch, src_size = detect_variant(state_dict)
-    grid = target_grid(img_size)
     converted, report = convert_state_dict(state_dict, keep_head=keep_head,
                                            pos_embed_size=grid, classifier_layout=keep_head)
     dst_size = src_size if grid is None else (grid[0] * POS_EMBED_STRIDE,

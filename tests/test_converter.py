@@ -6,8 +6,13 @@ converter accepts; converted files are loaded back through the backbone's init_c
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,11 @@ import mmvolo  # noqa: E402,F401
 from mmvolo import VOLO, converter  # noqa: E402
 from mmvolo.converter import check_verification, convert_checkpoint, summary_table  # noqa: E402
 from mmvolo.models.embed import resize_pos_embed  # noqa: E402
-from mmvolo.models.weights import HEAD_KEY_PATTERN, CheckpointError  # noqa: E402
+from mmvolo.models.weights import (  # noqa: E402
+    HEAD_KEY_PATTERN,
+    CheckpointError,
+    NoEmaWeightsError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / 'tools' / 'model_converters' / 'volo2mmseg.py'
@@ -255,7 +264,7 @@ def test_trust_loads_pickled_checkpoint(d1, d1_source, tmp_path):
 
 
 def test_bad_img_size(d1_source, tmp_path):
-    with pytest.raises(CheckpointError, match='multiples of 16'):
+    with pytest.raises(converter.ImageSizeError, match='multiples of 16'):
         convert_checkpoint(d1_source, tmp_path / 'x.pth', img_size=[300])
     assert_no_leftovers(tmp_path, set())
 
@@ -313,3 +322,166 @@ def test_cli_errors(d1_source, tmp_path):
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert 'not a VOLO checkpoint (looks like a ResNet' in proc.stderr
     assert not dst.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile input: DST is SRC, sizes, --ema, file modes, disk full, SIGTERM
+# ------------------------------------------------------------------------------------------
+def _same_path(src: Path) -> Path:
+    return src
+
+
+def _dotted_path(src: Path) -> Path:
+    return src.parent / '.' / src.name
+
+
+def _symlink(src: Path) -> Path:
+    link = src.parent / 'link.pth'
+    link.symlink_to(src)
+    return link
+
+
+def _hardlink(src: Path) -> Path:
+    link = src.parent / 'hard.pth'
+    os.link(src, link)
+    return link
+
+
+@pytest.mark.parametrize('make_dst', [_same_path, _dotted_path, _symlink, _hardlink])
+def test_refuses_dst_that_is_src(d1_source, tmp_path, make_dst):
+    src = tmp_path / 'src.pth'
+    os.link(d1_source, src)  # the shared fixture stays intact even if the check fails
+    before = src.stat()
+    with pytest.raises(converter.OutputPathError, match='is the input file'):
+        convert_checkpoint(src, make_dst(src))
+    after = src.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino, before.st_mtime_ns, before.st_size)
+    assert not [path for path in tmp_path.iterdir() if '.tmp' in path.name]
+
+
+@pytest.mark.parametrize('img_size, message', [
+    ([100000], 'too large: at most 4096'),
+    ([16, 8192], 'too large'),
+    ([0], 'positive multiples of 16'),
+    ([-16], 'positive multiples of 16'),
+    ([300], 'positive multiples of 16'),
+    ([224, 224, 224], 'one or two'),
+])
+def test_img_size_limits(d1_source, tmp_path, img_size, message):
+    with pytest.raises(converter.ImageSizeError, match=message) as info:
+        convert_checkpoint(d1_source, tmp_path / 'x.pth', img_size=img_size)
+    assert '--' not in str(info.value)  # the library names no command-line flag
+    assert_no_leftovers(tmp_path, set())
+
+
+@pytest.mark.parametrize('wrapper', [None, 'state_dict'])
+def test_ema_without_ema_weights(d1, tmp_path, wrapper):
+    source = save_source(d1['state_dict'], tmp_path / 'plain.pth', wrapper)
+    out = tmp_path / 'out'
+    with pytest.raises(NoEmaWeightsError, match=r'plain\.pth: checkpoint has no EMA weights'):
+        convert_checkpoint(source, out / 'x.pth', ema=True)
+    assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize('name', ['volo_d1.safetensors', 'volo_d1.pth'])
+def test_output_mode_follows_umask(d1_source, tmp_path, name):
+    previous = os.umask(0o027)
+    try:
+        convert_checkpoint(d1_source, tmp_path / name)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+
+
+def test_sigterm_inside_the_write_removes_the_temporary_file(tmp_path):
+    dst = tmp_path / 'volo.pth'
+    dst.write_bytes(b'previous conversion')
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(converter.Terminated):
+        with converter.sigterm_raises(), converter.atomic_output(dst) as tmp:
+            Path(tmp).write_bytes(b'partial')
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises long before
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert_no_leftovers(tmp_path, {'volo.pth'})
+    assert dst.read_bytes() == b'previous conversion'
+
+
+def test_cli_sigterm_mid_write_leaves_nothing(d1_source, tmp_path):
+    """SIGTERM while the temporary file exists (--verify keeps it there for seconds)."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, str(CLI), str(d1_source), str(out / 'x.pth'),
+                                '--verify'], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert 'Traceback' not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith('error: ')] == [
+        f'error: interrupted by SIGTERM; {out / "x.pth"} not written (left as it was)']
+    assert_no_leftovers(out, set())
+
+
+def run_cli_in_process(capsys, *args: object) -> subprocess.CompletedProcess:
+    sys.path.insert(0, str(ROOT / 'tests'))
+    try:
+        from tool_helpers import run_tool_in_process
+    finally:
+        sys.path.remove(str(ROOT / 'tests'))
+    return run_tool_in_process('model_converters/volo2mmseg.py', *map(str, args),
+                               capsys=capsys)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert 'Traceback' not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--img-size', '100000'], 'error: --img-size: image size [100000, 100000] is too large'),
+    (['--img-size', '0'], 'error: --img-size: the image size must be one or two positive'),
+    (['--img-size', '16', '16', '16'], 'error: --img-size takes H or H W'),
+    (['--ema'], 'has no EMA weights (no state_dict_ema or model_ema entry); use its plain '
+                'weights; drop --ema'),
+    (['--img-size', 'big'], "argument --img-size: invalid int value: 'big'"),
+])
+def test_cli_usage_errors(d1_source, tmp_path, capsys, extra, message):
+    dst = tmp_path / 'x.pth'
+    result = run_cli_in_process(capsys, d1_source, dst, *extra)
+    assert message in _one_error_line(result)
+    assert result.returncode == 2
+    assert_no_leftovers(tmp_path, set())
+
+
+def test_cli_refuses_dst_that_is_src(d1_source, tmp_path, capsys):
+    src = tmp_path / 'src.pth'
+    os.link(d1_source, src)
+    result = run_cli_in_process(capsys, src, src)
+    assert 'is the input file' in _one_error_line(result)
+    assert result.returncode == 2
+    assert src.stat().st_size == d1_source.stat().st_size
+
+
+def test_cli_disk_full_keeps_dst(d1_source, tmp_path, capsys, monkeypatch):
+    dst = tmp_path / 'volo.pth'
+    dst.write_bytes(b'previous conversion')
+
+    def full_disk(state_dict, path, *args, **kwargs):
+        Path(path).write_bytes(b'partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(converter, 'save_tensors', full_disk)
+    result = run_cli_in_process(capsys, d1_source, dst)
+    assert _one_error_line(result) == (
+        f'error: cannot write {dst}: No space left on device: free some space or write '
+        f'elsewhere; {dst} left as it was')
+    assert result.returncode == 1
+    assert_no_leftovers(tmp_path, {'volo.pth'})
+    assert dst.read_bytes() == b'previous conversion'

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, single_line_error, tool_command, tool_env
+from tool_helpers import (
+    REPO,
+    TOOLS,
+    TOY_CONFIG,
+    make_tiny_data,
+    run_tool_in_process,
+    single_line_error,
+    tool_command,
+    tool_env,
+)
 
 from mmvolo.apis import (
     UsageError,
@@ -172,3 +181,179 @@ def test_cli_reports_one_line(cli_results, case):
     line = single_line_error(result)
     assert text in line, line
     assert result.returncode == code, result.stderr
+
+
+# ------------------------------------------- hostile input to inference and analysis tools
+@pytest.fixture(scope='module')
+def toy_checkpoint(tmp_path_factory) -> Path:
+    """A segmentor checkpoint of the toy config (random weights)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    init_default_scope('mmseg')
+    model = MODELS.build(dict(cfg.model, backbone=dict(cfg.model.backbone, init_cfg=None)))
+    path = tmp_path_factory.mktemp('toy_ckpt') / 'toy.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+    return path
+
+
+def write_image(path: Path, height: int = 32, width: int = 32) -> Path:
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    return path
+
+
+def infer(capsys, checkpoint: Path, *args: object, config: Path = TOY_CONFIG):
+    return run_tool_in_process('inference.py', config, checkpoint, *args, '--device', 'cpu',
+                               capsys=capsys)
+
+
+def test_inference_keeps_relative_paths_and_runs_a_strip(toy_checkpoint, tmp_path, capsys):
+    """a/x.jpg, b/x.jpg, a/x.png give three overlays; a 16x4000 strip just works when the
+    config's test Resize keeps it at least a pixel high (the backbone pads to 16)."""
+    import cv2
+
+    inputs = tmp_path / 'in'
+    images = [write_image(inputs / name) for name in ('a/x.jpg', 'b/x.jpg', 'a/x.png')]
+    strip = write_image(inputs / 'c' / 'strip.png', 16, 4000)
+    config = tmp_path / 'wide_resize.py'
+    config.write_text(f"_base_ = [{str(TOY_CONFIG)!r}]\ntest_pipeline = [\n"
+                      "    dict(type='LoadImageFromFile'),\n"
+                      "    dict(type='Resize', scale=(4000, 64), keep_ratio=True),\n"
+                      "    dict(type='PackSegInputs')]\n")
+    before = {path: path.read_bytes() for path in [*images, strip]}
+    out = tmp_path / 'out'
+    result = infer(capsys, toy_checkpoint, *images, strip, '--out-dir', out, config=config)
+    assert result.returncode == 0, result.stderr
+    assert 'wrote 4 overlays' in result.stdout
+    written = sorted(str(path.relative_to(out)) for path in out.rglob('*') if path.is_file())
+    assert written == ['a/x.jpg.png', 'a/x.png.png', 'b/x.png', 'c/strip.png']
+    assert cv2.imread(str(out / 'c' / 'strip.png')).shape == (16, 4000, 3)
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
+def _out_dir_is_input_folder(inputs: Path, tmp_path: Path) -> Path:
+    return inputs
+
+
+def _out_dir_holds_input_folder(inputs: Path, tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _out_dir_links_to_input_folder(inputs: Path, tmp_path: Path) -> Path:
+    link = tmp_path / 'link'
+    link.symlink_to(inputs, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize('make_out_dir', [_out_dir_is_input_folder, _out_dir_holds_input_folder,
+                                          _out_dir_links_to_input_folder])
+def test_inference_refuses_out_dir_holding_inputs(toy_checkpoint, tmp_path, capsys,
+                                                  make_out_dir):
+    inputs = tmp_path / 'images'
+    image = write_image(inputs / 'x.png')
+    before = image.read_bytes()
+    result = infer(capsys, toy_checkpoint, inputs, '--out-dir', make_out_dir(inputs, tmp_path))
+    line = single_line_error(result)
+    assert 'overlays could overwrite inputs' in line and '--out-dir' in line, line
+    assert result.returncode == 2
+    assert sorted(path.name for path in inputs.iterdir()) == ['x.png']
+    assert image.read_bytes() == before
+
+
+def _text_file(folder: Path) -> Path:
+    path = folder / 'notes.txt'
+    path.write_text('not an image')
+    return path
+
+
+def _fake_jpeg(folder: Path) -> Path:
+    path = folder / 'fake.jpg'
+    path.write_bytes(b'\xff\xd8 this is no jpeg')
+    return path
+
+
+def _too_elongated(folder: Path) -> Path:
+    return write_image(folder / 'strip.png', 16, 4000)  # the toy Resize makes it 0x64
+
+
+@pytest.mark.parametrize('make_bad, message', [
+    (_text_file, 'is not an image file'),
+    (_fake_jpeg, 'is not a readable image'),
+    (_too_elongated, 'is 16x4000 (HxW)'),
+])
+def test_inference_bad_image_is_one_line(toy_checkpoint, tmp_path, capsys, make_bad, message):
+    good = write_image(tmp_path / 'in' / 'good.png')
+    out = tmp_path / 'out'
+    result = infer(capsys, toy_checkpoint, good, make_bad(tmp_path / 'in'), '--out-dir', out)
+    assert message in single_line_error(result)
+    assert result.returncode == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('tool, args, message', [
+    ('analysis/get_flops.py', [TOY_CONFIG, '--shape', '0', '64'], '--shape must be two positive'),
+    ('analysis/get_flops.py', [TOY_CONFIG, '--shape', '64', '-32'], '--shape must be two'),
+    ('analysis/get_flops.py', ['absent.py'], 'config absent.py not found'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--batch', '0'], '--batch must be at'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--repeats', '0'], '--repeats must be'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--impls', 'fast'],
+     '--impls: unknown implementation fast'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--json', 'no/such/dir/b.json'],
+     'does not exist'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--batch', 'x'], "invalid int value"),
+    ('analysis/benchmark_model.py', ['--device', 'cpu', '--json', 'no/such/dir/r.json'],
+     'does not exist'),
+    ('analysis/benchmark_model.py', ['--device', 'cpu', '--repeats', '0'], '--repeats must be'),
+    ('misc/print_config.py', ['absent.py'], 'config absent.py not found'),
+])
+def test_analysis_tools_bad_arguments(capsys, tool, args, message):
+    result = run_tool_in_process(tool, *args, capsys=capsys)
+    assert message in single_line_error(result)
+    assert result.returncode == 2
+    assert 'device=' not in result.stdout  # nothing ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+@pytest.mark.parametrize('tool', ['analysis/benchmark_ops.py', 'analysis/benchmark_model.py'])
+def test_benchmarks_refuse_cuda_without_a_gpu(capsys, tool):
+    result = run_tool_in_process(tool, '--device', 'cuda', capsys=capsys)
+    assert 'no CUDA GPU here; use --device cpu' in single_line_error(result)
+    assert result.returncode == 2
+
+
+def test_print_config_broken_file(tmp_path, capsys):
+    broken = tmp_path / 'broken.py'
+    broken.write_text('model = dict(type="EncoderDecoder",\n')
+    result = run_tool_in_process('misc/print_config.py', broken, capsys=capsys)
+    assert 'cannot read config' in single_line_error(result)
+    assert result.returncode == 2
+
+
+def test_benchmark_model_exit_status_when_a_case_fails(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('benchmark_model',
+                                                  TOOLS / 'analysis' / 'benchmark_model.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def fake_case(argv, name, mode):
+        if mode == 'train':
+            return dict(model=name, mode=mode, error='RuntimeError: out of memory')
+        return dict(model=name, mode=mode, step_ms=1.0, images_per_s=1.0, peak_mib=1.0,
+                    params_m=1.0)
+
+    monkeypatch.setattr(tool, 'run_in_subprocess', fake_case)
+    report = tmp_path / 'results.json'
+    with pytest.raises(UsageError, match='2 of 4 cases failed') as error:
+        tool.main(['--device', 'cpu', '--json', str(report)])
+    assert error.value.exit_code == 1
+    assert 'failed: RuntimeError: out of memory' in capsys.readouterr().out
+    assert report.is_file()

@@ -78,3 +78,24 @@ def single_line_error(result: subprocess.CompletedProcess) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
     assert len(errors) == 1, output
     return errors[0]
+
+
+def run_tool_in_process(tool: str, *args: object, capsys) -> subprocess.CompletedProcess:
+    """Run ``tools/<tool>`` as ``__main__`` in this process (no start-up cost per run).
+
+    ``capsys`` is pytest's fixture; an exception the tool lets escape fails the test (the
+    user would see a traceback). Returns what :func:`run_tool` would.
+    """
+    import runpy
+    from unittest import mock
+
+    argv = [str(TOOLS / tool), *map(str, args)]
+    capsys.readouterr()
+    code = 0
+    with mock.patch.object(sys, 'argv', argv):
+        try:
+            runpy.run_path(argv[0], run_name='__main__')
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)

@@ -3,21 +3,34 @@
     python tools/inference.py CONFIG CHECKPOINT INPUT [INPUT ...] --out-dir DIR
                               [--opacity 0.5] [--device cpu|cuda:0]
 
-INPUT: image files or folders (their images, not recursive). Writes ``DIR/<name>.png``:
-the image with the predicted classes painted over it (mmseg's SegLocalVisualizer), with
-class names written on it when the image is at least 128 pixels on its short side.
+INPUT: image files or folders (their images, not recursive). Writes one PNG per image under
+DIR, at the image's path relative to the inputs' common folder with its suffix replaced by
+``.png`` (``a/x.jpg`` and ``b/x.jpg`` give ``DIR/a/x.png`` and ``DIR/b/x.png``; images of one
+folder that share a stem keep their suffix: ``x.jpg.png``, ``x.png.png``). Each overlay is the
+image with the predicted classes painted over it (mmseg's SegLocalVisualizer), with class
+names written on it when the image is at least 128 pixels on its short side.
+
+Inputs are never overwritten: DIR may not be (or contain) the folder of an input image. Every
+input is checked (an image file, readable, not too elongated for the config's test Resize)
+before the model is loaded, and each overlay is written to a temporary file first, then
+renamed into place.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
+import tempfile
+from collections import Counter
 
 from mmengine.config import Config
 
-import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
-from mmvolo import stack_fixes
-from mmvolo.apis import (
+try:  # the stack fixes, before mmseg loads (mmvolo.runtime; mmvolo.stack_fixes before)
+    from mmvolo import runtime
+except ImportError:  # pragma: no cover - the older layout
+    from mmvolo import stack_fixes as runtime
+import mmvolo  # noqa: F401,E402 - registers VOLO
+from mmvolo.apis import (  # noqa: E402
     UsageError,
     check_arch,
     check_checkpoint,
@@ -25,6 +38,8 @@ from mmvolo.apis import (
     load_config,
     run_tool,
 )
+from mmvolo.apis.arguments import ToolArgumentParser  # noqa: E402
+from mmvolo.models.weights import first_line  # noqa: E402
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 #: Class names are written on the overlay only for images at least this large (pixels).
@@ -32,11 +47,12 @@ MIN_SIZE_FOR_LABELS = 128
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Segment images and save colour overlays')
+    parser = ToolArgumentParser(description='Segment images and save colour overlays')
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='trained checkpoint')
     parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
-    parser.add_argument('--out-dir', required=True, help='where the overlays go')
+    parser.add_argument('--out-dir', required=True,
+                        help='where the overlays go (not a folder holding input images)')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the painted classes, 0..1 (default 0.5)')
     parser.add_argument('--device', default=None,
@@ -45,20 +61,99 @@ def parse_args() -> argparse.Namespace:
 
 
 def list_images(inputs: list[str]) -> list[str]:
-    """The image files named by ``inputs`` (files as given, folders' images sorted)."""
+    """The image files named by ``inputs`` (files as given, folders' images sorted), each
+    once (a file named twice, or also through its folder, is segmented once)."""
     images: list[str] = []
     for item in inputs:
         if osp.isdir(item):
             images += sorted(osp.join(item, name) for name in os.listdir(item)
-                             if name.lower().endswith(IMAGE_SUFFIXES))
+                             if name.lower().endswith(IMAGE_SUFFIXES)
+                             and osp.isfile(osp.join(item, name)))
         elif osp.isfile(item):
+            if not item.lower().endswith(IMAGE_SUFFIXES):
+                raise UsageError(f'input {item} is not an image file (expected '
+                                 f'{", ".join(IMAGE_SUFFIXES)}); drop it from the inputs')
             images.append(item)
         else:
             raise UsageError(f'input {item} not found')
     if not images:
         raise UsageError(f'no images in {" ".join(inputs)} '
                          f'(looked for {", ".join(IMAGE_SUFFIXES)})')
-    return images
+    unique = {osp.realpath(path): path for path in reversed(images)}
+    return [path for path in images if unique[osp.realpath(path)] == path]
+
+
+def output_names(images: list[str]) -> dict[str, str]:
+    """{image: overlay path relative to the output folder}, distinct for distinct images.
+
+    Paths are relative to the images' common folder; the suffix becomes ``.png``, or is kept
+    (``x.jpg.png``) where two images would otherwise get the same name.
+    """
+    root = osp.commonpath([osp.dirname(osp.abspath(path)) for path in images])
+    relative = {path: osp.relpath(osp.abspath(path), root) for path in images}
+    stems = Counter(osp.splitext(rel)[0] for rel in relative.values())
+    names = {path: (osp.splitext(rel)[0] if stems[osp.splitext(rel)[0]] == 1 else rel) + '.png'
+             for path, rel in relative.items()}
+    clashes = [name for name, count in Counter(names.values()).items() if count > 1]
+    if clashes:
+        both = [path for path, name in names.items() if name == clashes[0]]
+        raise UsageError(f'inputs {both[0]} and {both[1]} would both be written to '
+                         f'{clashes[0]}; rename one of them')
+    return names
+
+
+def check_out_dir(out_dir: str, images: list[str]) -> None:
+    """Refuse an output folder that is a file, or that is or contains an input's folder."""
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise UsageError(f'--out-dir {out_dir} is a file; pass a folder')
+    out = osp.realpath(out_dir)
+    for path in images:
+        for folder in {osp.realpath(osp.dirname(osp.abspath(path))),
+                       osp.dirname(osp.realpath(path))}:
+            if osp.commonpath([out, folder]) == out:
+                where = 'is the folder' if folder == out else 'contains the folder'
+                raise UsageError(f'--out-dir {out_dir} {where} of input {path}: overlays could '
+                                 'overwrite inputs; choose an output folder outside the inputs')
+
+
+def read_sizes(images: list[str]) -> dict[str, tuple[int, int]]:
+    """{image: (height, width)}; an unreadable file is a UsageError."""
+    return {path: _image_size(path) for path in images}
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - PIL lacks some formats cv2 reads; try cv2 below
+        pass
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise UsageError(f'input {path} is not a readable image (corrupt, or not an image '
+                         'despite its suffix); drop it from the inputs')
+    return tuple(image.shape[:2])
+
+
+def check_test_resize(cfg: Config, sizes: dict[str, tuple[int, int]]) -> None:
+    """Refuse images the config's keep-ratio test Resize would shrink to zero pixels."""
+    import mmcv
+
+    for step in cfg.get('test_pipeline') or []:
+        if step.get('type') != 'Resize' or not step.get('keep_ratio') or not step.get('scale'):
+            continue
+        scale = step['scale']
+        scale = (scale, scale) if isinstance(scale, int) else tuple(scale)
+        for path, (height, width) in sizes.items():
+            new_w, new_h = mmcv.rescale_size((width, height), scale)
+            if min(new_w, new_h) < 1:
+                raise UsageError(
+                    f'input {path} is {height}x{width} (HxW): the config\'s test Resize (scale '
+                    f'{scale}, keep_ratio) would make it {new_h}x{new_w}; crop it to a less '
+                    'extreme aspect ratio')
 
 
 def main() -> None:
@@ -66,12 +161,20 @@ def main() -> None:
     if not 0 <= args.opacity <= 1:
         raise UsageError(f'--opacity must be within 0..1, got {args.opacity}')
     images = list_images(args.inputs)
+    check_out_dir(args.out_dir, images)
+    names = output_names(images)
+    sizes = read_sizes(images)
     cfg = load_config(args.config)
     check_seg_config(cfg, args.config, 'infer')
+    if not cfg.get('test_pipeline'):
+        raise UsageError(f'{args.config} has no test_pipeline: inference needs one (the test '
+                         'image transforms)')
+    check_test_resize(cfg, sizes)
     check_arch(cfg)
     check_checkpoint(args.checkpoint, cfg)
-    stack_fixes.trust_checkpoint(args.checkpoint)
-    written = paint_overlays(cfg, args.checkpoint, images, args.out_dir, args.opacity,
+    runtime.trust_checkpoint(args.checkpoint)
+    outputs = {path: osp.join(args.out_dir, name) for path, name in names.items()}
+    written = paint_overlays(cfg, args.checkpoint, outputs, args.opacity,
                              args.device or default_device())
     print(f'wrote {len(written)} overlays to {args.out_dir}')
 
@@ -81,13 +184,13 @@ def default_device() -> str:
     return 'cuda:0' if torch.cuda.is_available() else 'cpu'
 
 
-def paint_overlays(cfg: Config, checkpoint: str, images: list[str], out_dir: str,
-                   opacity: float,
+def paint_overlays(cfg: Config, checkpoint: str, outputs: dict[str, str], opacity: float,
                    device: str) -> list[str]:
-    """Run the model on each image; save prediction overlays; return the written paths."""
+    """Run the model on each image (``outputs``: image -> overlay file); save prediction
+    overlays; return the written paths."""
     import mmcv
     from mmengine.model import revert_sync_batchnorm
-    from mmseg.apis import inference_model, init_model
+    from mmseg.apis import init_model
     from mmseg.visualization import SegLocalVisualizer
 
     model = init_model(cfg, checkpoint, device=device)
@@ -95,17 +198,61 @@ def paint_overlays(cfg: Config, checkpoint: str, images: list[str], out_dir: str
         model = revert_sync_batchnorm(model)
     visualizer = SegLocalVisualizer(name='mmvolo_inference', alpha=opacity)
     visualizer.dataset_meta = model.dataset_meta
-    os.makedirs(out_dir, exist_ok=True)
     written = []
-    for path in images:
-        result = inference_model(model, path)
-        out_file = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.png')
+    for path, out_file in outputs.items():
+        result = _segment(model, path)
         image = mmcv.imread(path, channel_order='rgb')
         visualizer.add_datasample(osp.basename(path), image, result, draw_gt=False,
-                                  show=False, out_file=out_file,
+                                  show=False,
                                   with_labels=min(image.shape[:2]) >= MIN_SIZE_FOR_LABELS)
+        write_png(visualizer.get_image(), out_file)
         written.append(out_file)
     return written
+
+
+def _segment(model, path: str):
+    """The model's prediction for one image; a failure names the image (one line)."""
+    import cv2
+    from mmseg.apis import inference_model
+
+    try:
+        return inference_model(model, path)
+    except (cv2.error, AssertionError, ValueError, RuntimeError) as error:
+        raise UsageError(f'cannot segment {path}: {first_line(error)}', exit_code=1) from None
+
+
+def write_png(rgb, out_file: str) -> None:
+    """Write an RGB array as PNG: to a temporary file next to ``out_file``, then renamed."""
+    import cv2
+
+    ok, data = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UsageError(f'cannot encode the overlay for {out_file}', exit_code=1)
+    folder = osp.dirname(osp.abspath(out_file))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix='.' + osp.basename(out_file), suffix='.tmp',
+                                       dir=folder)
+    except OSError as error:
+        raise UsageError(f'cannot write {out_file}: {error.strerror or error}',
+                         exit_code=1) from None
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            stream.write(data.tobytes())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out_file)
+    except OSError as error:
+        raise UsageError(f'cannot write {out_file}: {error.strerror or error}',
+                         exit_code=1) from None
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == '__main__':

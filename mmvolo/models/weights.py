@@ -23,6 +23,8 @@ from .embed import POS_EMBED_STRIDE
 
 #: Wrappers seen in the wild, tried in this order (``state_dict_ema`` first with ``ema=True``).
 WRAPPER_KEYS = ('state_dict', 'state_dict_ema', 'model', 'model_ema', 'module')
+#: Wrappers that hold EMA weights (the ones ``ema=True`` asks for).
+EMA_WRAPPER_KEYS = ('state_dict_ema', 'model_ema')
 #: Prefixes stripped from keys: DataParallel/DDP, and segmentors/classifiers (backbone.*).
 STRIPPED_PREFIXES = ('module.', 'backbone.')
 #: Classification-only parameters of VOLO (kept only with ``keep_head=True``).
@@ -36,6 +38,10 @@ SIGNATURE_KEYS = ('patch_embed.proj.weight', 'network.0.0.attn.attn.weight')
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+class NoEmaWeightsError(CheckpointError):
+    """EMA weights were asked for, but the checkpoint holds none."""
 
 
 @dataclass
@@ -113,21 +119,28 @@ def extract_state_dict(obj: Any, ema: bool = False) -> tuple[dict[str, torch.Ten
 
     Args:
         obj: what :func:`read_checkpoint` returned.
-        ema: prefer ``state_dict_ema`` / ``model_ema`` when present.
+        ema: take the EMA weights (``state_dict_ema`` / ``model_ema``).
 
     Returns:
         (state_dict, notes): notes say which wrapper and prefixes were removed.
+
+    Raises:
+        NoEmaWeightsError: ``ema=True`` and the checkpoint holds no EMA wrapper.
+        CheckpointError: the checkpoint holds no state dict.
     """
     notes: list[str] = []
-    order = WRAPPER_KEYS
-    if ema:
-        order = ('state_dict_ema', 'model_ema') + WRAPPER_KEYS
+    order = EMA_WRAPPER_KEYS + WRAPPER_KEYS if ema else WRAPPER_KEYS
+    found_ema = False
     while isinstance(obj, dict) and not _is_tensor_dict(obj):
         wrapper = next((key for key in order if isinstance(obj.get(key), dict)), None)
         if wrapper is None:
             break
         notes.append(f"unwrapped '{wrapper}'")
+        found_ema = found_ema or wrapper in EMA_WRAPPER_KEYS
         obj = obj[wrapper]
+    if ema and not found_ema:
+        raise NoEmaWeightsError('checkpoint has no EMA weights (no '
+                                f"{' or '.join(EMA_WRAPPER_KEYS)} entry); use its plain weights")
     if not isinstance(obj, dict):
         raise CheckpointError(f'checkpoint holds a {type(obj).__name__}, not a state dict')
     state_dict = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}

@@ -9,16 +9,24 @@ and the growth of the process's peak RSS over the built model on CPU (``ru_maxrs
     python tools/analysis/benchmark_model.py --device cuda --batch 8 --size 512
     python tools/analysis/benchmark_model.py --device cpu --batch 1 --size 256 --repeats 3
     python tools/analysis/benchmark_model.py ... --json results.json
+
+Bad arguments (``--device cuda`` without CUDA, counts below 1, ``--json`` into a missing
+folder) print one line ``error: ...`` and exit with status 2 before any case runs; when a
+case fails the table shows its error and the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis.arguments import ToolArgumentParser
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -38,7 +46,7 @@ def resolve_config(config: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     parser.add_argument('--batch', type=int, default=8,
                         help='>= 2 for train mode (BatchNorm in the heads)')
@@ -52,6 +60,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--json', help='write the records to this file')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse arguments no case could run with, before running any (UsageError)."""
+    for flag, value, low in (('--batch', args.batch, 1), ('--size', args.size, 32),
+                             ('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0)):
+        if value < low:
+            raise UsageError(f'{flag} must be at least {low}, got {value}')
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise UsageError(f'--json {args.json}: folder {folder} does not exist; create it '
+                             'first')
+    if args.device == 'cuda':
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError('--device cuda: no CUDA GPU here; use --device cpu')
 
 
 def build_segmentor(config: str, device: str):
@@ -152,19 +178,25 @@ def print_ratios(records: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: run every case; UsageError on bad arguments or when a case failed."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.case:
         name, mode = args.case.split(':')
         print(json.dumps(run_case(args, name, mode)))
         return
+    check_args(args)
     records = [run_in_subprocess(argv, name, mode) for name in args.models for mode in args.modes]
     print(f'device={args.device} batch={args.batch} input={args.size}x{args.size} '
           f'amp={args.amp} repeats={args.repeats} (medians)')
     print_table(records)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))
+    failed = [f"{rec['model']} {rec['mode']}" for rec in records if 'error' in rec]
+    if failed:
+        raise UsageError(f'{len(failed)} of {len(records)} cases failed ({", ".join(failed)}); '
+                         'see the table above', exit_code=1)
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -23,12 +23,17 @@ free events of the CPU allocator are replayed in time order and the maximum runn
 taken (this sees every tensor allocation torch makes; it does not see non-torch memory).
 
 Example: ``python tools/analysis/benchmark_ops.py --device cpu --json bench.json``
+
+Bad arguments (``--batch``/``--repeats`` below 1, an unknown ``--impls`` name, ``--device
+cuda`` without CUDA, ``--json`` into a missing folder) print one line ``error: ...`` and exit
+with status 2 before anything runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -36,12 +41,16 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
+from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.ops import available_impls, outlook_attention
 
 VARIANTS = {'d1': (192, 6), 'd2': (256, 8), 'd3': (256, 8), 'd4': (384, 12), 'd5': (384, 12)}
 SIZES = {'512x512': (512, 512), '1024x2048': (1024, 2048)}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 KERNEL, PADDING, STRIDE, PATCH = 3, 1, 2, 8
+#: ``--impls`` names besides the registered implementations.
+EXTRA_IMPLS = ('timm',)
 
 OpFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -221,8 +230,9 @@ def format_table(records: List[dict]) -> str:
 
 
 def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments, defaults filled in and checked (UsageError if bad)."""
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda' if cuda else 'cpu')
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
     parser.add_argument('--batch', type=int, default=None,
@@ -239,16 +249,62 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
                         help='torch.set_num_threads for CPU runs (default: torch default)')
     parser.add_argument('--json', default=None, help='write the records to this path')
     args = parser.parse_args(argv)
+    check_device(args.device)
     on_cuda = args.device.startswith('cuda')
-    args.batch = args.batch or (8 if on_cuda else 2)
-    args.repeats = args.repeats or (20 if on_cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 2)
+    args.batch = _default(args.batch, 8 if on_cuda else 2)
+    args.repeats = _default(args.repeats, 20 if on_cuda else 3)
+    args.warmup = _default(args.warmup, 3 if on_cuda else 2)
+    check_counts(args)
+    check_impls(args.impls)
+    check_json_path(args.json)
     if 'reference' not in args.impls:
         args.impls = ['reference', *args.impls]  # ratios need it
     return args
 
 
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def check_device(device: str) -> None:
+    """Require a torch device this machine has."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device} is not a torch device; use 'cpu' or 'cuda'"
+                         ) from None
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {device}: no CUDA GPU here; use --device cpu')
+    if kind not in ('cpu', 'cuda'):
+        raise UsageError(f"--device {device}: only 'cpu' and 'cuda' are benchmarked")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Require at least one image, one timed run and thread, and no negative warm-up."""
+    for flag, value, low in (('--batch', args.batch, 1), ('--repeats', args.repeats, 1),
+                             ('--warmup', args.warmup, 0), ('--threads', args.threads, 1)):
+        if value is not None and value < low:
+            raise UsageError(f'{flag} must be at least {low}, got {value}')
+
+
+def check_impls(impls: List[str]) -> None:
+    """Require known implementation names (registered ones and timm)."""
+    known = [*available_impls(), 'triton', *EXTRA_IMPLS]
+    unknown = [name for name in impls if name not in known]
+    if unknown:
+        raise UsageError(f'--impls: unknown implementation {", ".join(unknown)}; choose from '
+                         f'{", ".join(dict.fromkeys(known))}')
+
+
+def check_json_path(path: str | None) -> None:
+    """Require the folder of ``--json`` to exist (checked before the long run)."""
+    folder = os.path.dirname(os.path.abspath(path)) if path else None
+    if folder and not os.path.isdir(folder):
+        raise UsageError(f'--json {path}: folder {folder} does not exist; create it first')
+
+
 def main(argv: List[str] | None = None) -> None:
+    """Entry point (bad arguments raise UsageError)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -265,4 +321,4 @@ def main(argv: List[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

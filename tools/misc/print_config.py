@@ -1,20 +1,24 @@
 """Print a config with its bases, variables and ``--cfg-options`` resolved.
 
     python tools/misc/print_config.py CONFIG [--cfg-options KEY=VALUE ...]
+
+A missing or broken config (or bad ``--cfg-options``) prints one line ``error: ...`` and
+exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mmvolo  # noqa: F401  (stack fixes before mmseg, registers VOLO)
+from mmvolo.apis import load_config, run_tool
+from mmvolo.apis.arguments import ToolArgumentParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description='Print the resolved config')
+    parser = ToolArgumentParser(description='Print the resolved config')
     parser.add_argument('config', help='config file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, KEY=VALUE')
@@ -22,11 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolved_config_text(path: str, cfg_options: dict | None = None) -> str:
-    """The config at ``path`` (with ``cfg_options`` merged) as mmengine's pretty text."""
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg.pretty_text
+    """The config at ``path`` (with ``cfg_options`` merged) as mmengine's pretty text.
+
+    Raises:
+        UsageError: missing or unreadable config, or bad ``cfg_options``.
+    """
+    return load_config(path, cfg_options).pretty_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)
