@@ -2,15 +2,18 @@
 
 ``import mmvolo`` (or ``custom_imports=dict(imports=['mmvolo'])`` in a config) registers
 ``VOLO``, ``OutlookAttention``, ``Outlooker`` and ``VOLOTransformerBlock`` in mmengine's root
-``MODELS`` registry, visible from mmseg, mmpretrain and every other OpenMMLab 2.x package, and
-applies the stack fixes of :mod:`mmvolo.stack_fixes` that must precede importing mmseg.
+``MODELS`` registry (visible from mmseg, mmpretrain and every other OpenMMLab 2.x package),
+mmvolo's optimizer constructor and hooks, and the atomic local file backend. It changes
+nothing else in the host stack: the fixes for today's stack are in :mod:`mmvolo.runtime`,
+applied where it is imported (mmvolo's tools and configs name it explicitly).
 """
-from .stack_fixes import apply_import_time_fixes
-
-apply_import_time_fixes()
-
-from .engine import VOLOLayerDecayOptimWrapperConstructor  # noqa: E402, F401  (registers it)
-from .models import VOLO, OutlookAttention, Outlooker, VOLOTransformerBlock  # noqa: E402
-from .version import __version__  # noqa: E402
+from . import fileio  # noqa: F401  (registers the atomic local file backend)
+from .engine import (  # noqa: F401  (registers them)
+    AtomicCheckpointHook,
+    RNGStateHook,
+    VOLOLayerDecayOptimWrapperConstructor,
+)
+from .models import VOLO, OutlookAttention, Outlooker, VOLOTransformerBlock
+from .version import __version__
 
 __all__ = ['VOLO', 'OutlookAttention', 'Outlooker', 'VOLOTransformerBlock', '__version__']

@@ -20,24 +20,23 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
+from .checkpoint import CheckpointError, load_checkpoint_file
+from .fileio import atomic_path
 from .models.arch_zoo import ARCH_ZOO
 from .models.embed import POS_EMBED_STRIDE
 from .models.weights import (
     HEAD_KEY_PATTERN,
-    CheckpointError,
     ConversionReport,
     NoEmaWeightsError,
     convert_state_dict,
     detect_arch,
     extract_state_dict,
-    read_checkpoint,
     require_volo,
 )
 
@@ -86,7 +85,7 @@ def load_source(src: str | os.PathLike, ema: bool = False, trust: bool = False
     Raises:
         CheckpointError: missing/corrupt/untrusted file, or not VOLO weights.
     """
-    checkpoint = read_checkpoint(src, trust=trust)
+    checkpoint = load_checkpoint_file(src, trust=trust)
     try:
         state_dict, notes = extract_state_dict(checkpoint, ema=ema)
     except NoEmaWeightsError as error:
@@ -180,38 +179,13 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def atomic_output(dst: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to ``dst``; on success move it onto ``dst``.
-
-    Whatever fails inside the block (an error, Ctrl-C, SIGTERM under :func:`sigterm_raises`),
-    the temporary file is removed and an existing ``dst`` is left untouched. The temporary
-    name keeps ``dst``'s suffix (readers go by it). ``dst`` gets the usual mode of a new file
-    (``0o666`` less the umask), whatever mode the writer gave the temporary file.
-    """
-    dst = os.fspath(dst)
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    name = os.path.basename(dst)
-    suffix = '.safetensors' if name.endswith('.safetensors') else '.pth'
-    tmp = None
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix=f'.tmp{suffix}', dir=folder)
-        os.close(handle)
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and safetensors' writer) make 0600
-        os.replace(tmp, dst)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread.
 
-    So a ``kill`` cleans up like Ctrl-C (``finally`` blocks such as :func:`atomic_output`'s
-    run); later SIGTERMs during that cleanup are ignored. The previous handler is restored
-    on exit. Outside the main thread (where handlers cannot be set) this does nothing.
+    So a ``kill`` cleans up like Ctrl-C (``finally`` blocks such as
+    :func:`mmvolo.fileio.atomic_path`'s run); later SIGTERMs during that cleanup are
+    ignored. The previous handler is restored on exit. Outside the main thread (where
+    handlers cannot be set) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -229,12 +203,6 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,7 +253,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
     metadata = dict(format='mmvolo', arch=arch,
                     img_size='x'.join(map(str, dst_size)) if dst_size else 'unknown',
                     layout='classifier' if keep_head else 'backbone')
-    with atomic_output(dst) as tmp:
+    with atomic_path(dst) as tmp:
         save_tensors(converted, tmp, as_safetensors, metadata)
         if verify:
             result.verify = verify_conversion(state_dict, tmp, arch, dst_size, keep_head, seed)

@@ -23,6 +23,7 @@ timm = pytest.importorskip('timm')
 import mmvolo  # noqa: E402,F401
 from mmvolo import VOLO, converter  # noqa: E402
 from mmvolo.converter import check_verification, convert_checkpoint, summary_table  # noqa: E402
+from mmvolo.fileio import atomic_path  # noqa: E402
 from mmvolo.models.embed import resize_pos_embed  # noqa: E402
 from mmvolo.models.weights import (  # noqa: E402
     HEAD_KEY_PATTERN,
@@ -238,7 +239,7 @@ def missing(d1_source: Path, folder: Path) -> Path:
     (corrupt_safetensors, r'corrupt\.safetensors is truncated or corrupt'),
     (not_volo, r'is not a VOLO checkpoint \(looks like a ResNet'),
     (unknown_variant, r'match no official variant \(layers \(4, 4, 8, 1\)'),
-    (untrusted, r'needs arbitrary pickled code.*--trust'),
+    (untrusted, r'needs pickled code to load \(GLOBAL argparse.Namespace\).*trust=True'),
 ])
 @pytest.mark.parametrize('existing', [False, True])
 def test_errors_leave_no_output(d1_source, tmp_path, make_source, message, existing):
@@ -399,7 +400,7 @@ def test_sigterm_inside_the_write_removes_the_temporary_file(tmp_path):
     dst.write_bytes(b'previous conversion')
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(converter.Terminated):
-        with converter.sigterm_raises(), converter.atomic_output(dst) as tmp:
+        with converter.sigterm_raises(), atomic_path(dst) as tmp:
             Path(tmp).write_bytes(b'partial')
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises long before

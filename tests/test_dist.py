@@ -56,7 +56,7 @@ def test_two_process_train_then_test(tmp_path):
 
 
 def test_slurm_first_host_parsing():
-    from mmvolo.stack_fixes import first_slurm_host
+    from mmvolo.runtime import first_slurm_host
 
     assert first_slurm_host('gpu-node[03-05,7],other') == 'gpu-node03'
     assert first_slurm_host('node1,node2') == 'node1'
@@ -64,14 +64,14 @@ def test_slurm_first_host_parsing():
 
 
 def test_mpi_environment_is_exported(monkeypatch):
-    from mmvolo import stack_fixes
+    from mmvolo import runtime
 
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '3')
     monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
     monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
-    stack_fixes._export_mpi_env()
+    runtime._export_mpi_env()
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('3', '4', '1')
     assert os.environ['MASTER_ADDR'] and os.environ['MASTER_PORT'] == '29500'

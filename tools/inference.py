@@ -20,17 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import tempfile
 from collections import Counter
 
 from mmengine.config import Config
 
-try:  # the stack fixes, before mmseg loads (mmvolo.runtime; mmvolo.stack_fixes before)
-    from mmvolo import runtime
-except ImportError:  # pragma: no cover - the older layout
-    from mmvolo import stack_fixes as runtime
-import mmvolo  # noqa: F401,E402 - registers VOLO
-from mmvolo.apis import (  # noqa: E402
+import mmvolo  # noqa: F401 - registers VOLO
+from mmvolo import runtime  # the stack fixes, before mmseg loads
+from mmvolo.apis import (
     UsageError,
     check_arch,
     check_checkpoint,
@@ -38,8 +34,9 @@ from mmvolo.apis import (  # noqa: E402
     load_config,
     run_tool,
 )
-from mmvolo.apis.arguments import ToolArgumentParser  # noqa: E402
-from mmvolo.models.weights import first_line  # noqa: E402
+from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.checkpoint import first_line
+from mmvolo.fileio import write_bytes_atomic
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 #: Class names are written on the overlay only for images at least this large (pixels).
@@ -57,6 +54,9 @@ def parse_args() -> argparse.Namespace:
                         help='opacity of the painted classes, 0..1 (default 0.5)')
     parser.add_argument('--device', default=None,
                         help="torch device (default: 'cuda:0' if available, else 'cpu')")
+    parser.add_argument('--trust', action='store_true',
+                        help='unpickle CHECKPOINT with full trust (runs code inside it; only '
+                        'for files you trust)')
     return parser.parse_args()
 
 
@@ -171,8 +171,9 @@ def main() -> None:
                          'image transforms)')
     check_test_resize(cfg, sizes)
     check_arch(cfg)
-    check_checkpoint(args.checkpoint, cfg)
-    runtime.trust_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, cfg, trust=args.trust)
+    if args.trust:
+        runtime.trust_checkpoint(args.checkpoint)
     outputs = {path: osp.join(args.out_dir, name) for path, name in names.items()}
     written = paint_overlays(cfg, args.checkpoint, outputs, args.opacity,
                              args.device or default_device())
@@ -228,31 +229,12 @@ def write_png(rgb, out_file: str) -> None:
     ok, data = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise UsageError(f'cannot encode the overlay for {out_file}', exit_code=1)
-    folder = osp.dirname(osp.abspath(out_file))
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix='.' + osp.basename(out_file), suffix='.tmp',
-                                       dir=folder)
+        write_bytes_atomic(data.tobytes(), out_file)
     except OSError as error:
         raise UsageError(f'cannot write {out_file}: {error.strerror or error}',
                          exit_code=1) from None
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            stream.write(data.tobytes())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out_file)
-    except OSError as error:
-        raise UsageError(f'cannot write {out_file}: {error.strerror or error}',
-                         exit_code=1) from None
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 if __name__ == '__main__':

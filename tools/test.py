@@ -1,7 +1,7 @@
 """Test (and evaluate) a segmentor checkpoint (mmseg's test CLI, with mmvolo's fixes).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show]
-                         [--show-dir DIR] [--wait-time S] [--tta] [--cfg-options ...]
+                         [--show-dir DIR] [--wait-time S] [--tta] [--trust] [--cfg-options ...]
                          [--launcher {none,pytorch,slurm,mpi}]
 
 Multi-GPU: ``tools/dist_test.sh``; slurm: ``tools/slurm_test.sh``.
@@ -13,8 +13,8 @@ import argparse
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
-from mmvolo import stack_fixes
+import mmvolo  # noqa: F401 - registers VOLO and its modules
+from mmvolo import runtime  # the stack fixes, before mmseg loads
 from mmvolo.apis import (
     UsageError,
     apply_work_dir,
@@ -41,6 +41,9 @@ def parse_args() -> argparse.Namespace:
                         'of the work dir, in this sub-directory')
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--trust', action='store_true',
+                        help='unpickle CHECKPOINT with full trust (runs code inside it; only '
+                        'for files you trust)')
     return parse_tool_args(parser)
 
 
@@ -50,8 +53,9 @@ def main() -> None:
     check_seg_config(cfg, args.config, 'test')
     check_arch(cfg)
     check_data_roots(cfg, ['test_dataloader'])
-    check_checkpoint(args.checkpoint, cfg)
-    stack_fixes.trust_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, cfg, trust=args.trust)
+    if args.trust:
+        runtime.trust_checkpoint(args.checkpoint)
     cfg.launcher = args.launcher
     apply_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
@@ -68,7 +72,7 @@ def main() -> None:
     runner = Runner.from_cfg(cfg)
     runner.test()
     del runner  # free the DDP model before its process group goes
-    stack_fixes.shutdown_process_group()
+    runtime.shutdown_process_group()
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir: str | None,

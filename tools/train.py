@@ -1,31 +1,36 @@
-"""Train a segmentor (mmseg's train CLI, with mmvolo's modules and stack fixes).
+"""Train a segmentor (mmseg's train CLI, with mmvolo's modules and runtime fixes).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp] [--trust]
                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Checkpoints are written atomically and carry every RNG state, so ``--resume`` continues a
+killed run exactly (docs/reliability.md). Checkpoints load without running pickled code;
+``--trust`` allows it for the ``--resume``/``load_from`` file of this run.
 
 Multi-GPU / multi-node: ``tools/dist_train.sh``; slurm: ``tools/slurm_train.sh``.
 """
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-import mmvolo  # noqa: F401 - registers VOLO and applies the stack fixes before mmseg loads
-from mmvolo import stack_fixes
+import mmvolo  # noqa: F401 - registers VOLO, its hooks and optimizer constructor
+from mmvolo import runtime  # the stack fixes, before mmseg loads
 from mmvolo.apis import (
-    UsageError,
     apply_work_dir,
     check_arch,
     check_data_roots,
+    check_load_from,
     check_seg_config,
+    checkpoint_meta,
     enable_amp,
     is_main_process,
     load_config,
     parse_tool_args,
     prepare_device,
+    resolve_resume,
     run_tool,
 )
 
@@ -39,6 +44,9 @@ def parse_args() -> argparse.Namespace:
         help='resume training: from CHECKPOINT if given, else from the latest checkpoint in '
         'the work dir')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')
+    parser.add_argument('--trust', action='store_true',
+                        help='unpickle the --resume / load_from checkpoint with full trust '
+                        '(runs code inside it; only for files you trust)')
     return parse_tool_args(parser)
 
 
@@ -53,27 +61,39 @@ def main() -> None:
     apply_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
         enable_amp(cfg)
-    apply_resume(cfg, args.resume)
-    if cfg.get('load_from'):
-        stack_fixes.trust_checkpoint(cfg.load_from)
+    runtime.harden_runner_cfg(cfg)
+    apply_resume(cfg, args.resume, args.trust)
+    if cfg.get('load_from') and not cfg.resume:
+        if args.trust:
+            runtime.trust_checkpoint(cfg.load_from)
+        summary = check_load_from(cfg.load_from, cfg, trust=args.trust)
+        if is_main_process():
+            print(summary, flush=True)
     notice = prepare_device(cfg, args.launcher)
     if notice and is_main_process():
         print(notice, flush=True)
     runner = build_runner(cfg)
     runner.train()
     del runner  # free the DDP model before its process group goes
-    stack_fixes.shutdown_process_group()
+    runtime.shutdown_process_group()
 
 
-def apply_resume(cfg: Config, resume: str | None) -> None:
-    """``--resume``: the latest checkpoint of the work dir ('auto') or the given file."""
-    cfg.resume = resume is not None
-    if resume in (None, 'auto'):
+def apply_resume(cfg: Config, resume: str | None, trust: bool) -> None:
+    """``--resume``: the work dir's latest checkpoint ('auto') or the given file, checked
+    intact; the config's seed becomes the checkpoint's when the config sets none, so the
+    samplers and data workers are built with the seed the run started with."""
+    checkpoint = resolve_resume(resume, cfg.work_dir)
+    cfg.resume = checkpoint is not None
+    if checkpoint is None:
         return
-    if not osp.isfile(resume):
-        raise UsageError(f'--resume checkpoint {resume} not found')
-    stack_fixes.trust_checkpoint(resume)
-    cfg.load_from = resume
+    cfg.load_from = checkpoint
+    if trust:
+        runtime.trust_checkpoint(checkpoint)
+    randomness = cfg.setdefault('randomness', {})
+    if randomness.get('seed') is None:
+        meta = checkpoint_meta(checkpoint, trust)
+        if meta.get('seed') is not None:
+            randomness['seed'] = meta['seed']
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -37,3 +37,6 @@ param_scheduler = [
 train_dataloader = dict(batch_size=1)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+
+# mmvolo's CheckpointHook: files appear whole or not at all (same arguments)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))

@@ -8,7 +8,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_20k.py',
 ]
-custom_imports = dict(imports=['mmvolo', 'mmvolo.datasets.toy_shapes'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo', 'mmvolo.datasets.toy_shapes'], allow_failed_imports=False)
 
 dataset_type = 'ToyShapesDataset'
 data_root = 'work_dirs/toy_data'
@@ -60,6 +60,6 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2,
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2,
                     save_best='mIoU'))
 randomness = dict(seed=0)

@@ -12,7 +12,12 @@ _base_ = [
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmvolo', 'mmvolo.cls'], allow_failed_imports=False)
+# mmvolo.runtime: the stack fixes (explicit; `import mmvolo` only registers). The hooks:
+# atomic checkpoints and RNG states saved with them, so --resume continues exactly.
+custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo', 'mmvolo.cls'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='RNGStateHook')]
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 model = dict(
     type='ImageClassifier',

@@ -10,16 +10,15 @@ from typing import Any, Iterator, Sequence
 
 from mmengine.config import Config
 
+from ..checkpoint import (
+    CheckpointError,
+    UntrustedCheckpointError,
+    first_line,
+    load_checkpoint_file,
+)
 from ..models.arch_zoo import resolve_arch
 from ..models.volo import VOLO_ARG_CHECKS, validate_volo_arg
-from ..models.weights import (
-    CheckpointError,
-    describe_state_dict,
-    extract_state_dict,
-    first_line,
-    is_volo_state_dict,
-    read_checkpoint,
-)
+from ..models.weights import describe_state_dict, extract_state_dict, is_volo_state_dict
 
 #: Top-level keys each kind of run needs.
 REQUIRED_KEYS = {
@@ -167,8 +166,11 @@ def _walk_dicts(node: Any, where: str) -> Iterator[tuple[str, dict]]:
             yield from _walk_dicts(value, f'{where}.{index}')
 
 
-def check_checkpoint(path: str, cfg: Config) -> None:
+def check_checkpoint(path: str, cfg: Config, trust: bool = False) -> None:
     """Require ``path`` to hold weights of the model ``cfg`` builds (same keys and shapes).
+
+    The file is read by :func:`mmvolo.checkpoint.load_checkpoint_file` (no pickled code runs
+    unless ``trust``).
 
     Raises:
         UsageError: exit code 2 if the file is missing, 1 if it holds something else (the
@@ -177,17 +179,19 @@ def check_checkpoint(path: str, cfg: Config) -> None:
     if not os.path.isfile(path):
         raise UsageError(f'checkpoint {path} not found')
     try:
-        checkpoint = read_checkpoint(path, trust=True)
+        checkpoint = load_checkpoint_file(path, trust=trust)
+    except UntrustedCheckpointError as error:
+        raise untrusted_usage_error(error) from None
     except CheckpointError as error:
         raise UsageError(str(error), exit_code=1) from None
-    state_dict = _model_state_dict(checkpoint)
+    state_dict = model_state_dict(checkpoint)
     if not any(key.startswith('decode_head.') for key in state_dict):
         flat, _ = extract_state_dict(checkpoint)
         raise UsageError(_not_a_segmentor(path, flat), exit_code=1)
-    _compare(path, state_dict, _expected_shapes(cfg))
+    _compare(path, state_dict, expected_shapes(cfg))
 
 
-def _model_state_dict(checkpoint: Any) -> dict:
+def model_state_dict(checkpoint: Any) -> dict:
     """The tensors of a Runner checkpoint (or a bare state dict), keys as saved."""
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
         checkpoint = checkpoint['state_dict']
@@ -205,7 +209,7 @@ def _not_a_segmentor(path: str, state_dict: dict) -> str:
     return f'checkpoint {path} is not an mmseg segmentor ({describe_state_dict(state_dict)})'
 
 
-def _expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
@@ -238,3 +242,9 @@ def _compare(path: str, state_dict: dict, expected: dict[str, tuple[int, ...]]) 
     if missing:
         raise UsageError(f'checkpoint {path} lacks {len(missing)} of the model\'s tensors, e.g. '
                          f'{missing[0]} ({describe_state_dict(state_dict)})', exit_code=1)
+
+
+def untrusted_usage_error(error: UntrustedCheckpointError) -> UsageError:
+    """The tools' wording of a refused pickle: the opt-in is the ``--trust`` flag."""
+    return UsageError(f'{error.path} needs pickled code to load ({error.needs}); refusing to '
+                      'run it. Re-run with --trust only if you trust its source', exit_code=1)

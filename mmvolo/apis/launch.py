@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 from mmengine.config import Config, DictAction
 
-from .. import stack_fixes
-from ..models.weights import CheckpointError
-from .checks import UsageError
+from .. import runtime
+from ..checkpoint import CheckpointError, UntrustedCheckpointError
+from .checks import UsageError, untrusted_usage_error
 
 
 def run_tool(main: Callable[[], None]) -> None:
@@ -21,6 +21,9 @@ def run_tool(main: Callable[[], None]) -> None:
     except UsageError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(error.exit_code)
+    except UntrustedCheckpointError as error:
+        print(f'error: {untrusted_usage_error(error)}', file=sys.stderr)
+        sys.exit(1)
     except CheckpointError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
@@ -55,8 +58,8 @@ def prepare_device(cfg: Config, launcher: str) -> str | None:
     """Adapt ``cfg`` (and the process group) to a machine without CUDA.
 
     With CUDA this does nothing. Without it, a distributed launch gets a gloo process group
-    (:func:`mmvolo.stack_fixes.init_cpu_process_group`) and a CPU-ready config
-    (:func:`mmvolo.stack_fixes.adapt_cfg_to_cpu`); a single process needs no change (the
+    (:func:`mmvolo.runtime.init_cpu_process_group`) and a CPU-ready config
+    (:func:`mmvolo.runtime.adapt_cfg_to_cpu`); a single process needs no change (the
     Runner reverts SyncBN to BN by itself).
 
     Returns:
@@ -68,8 +71,8 @@ def prepare_device(cfg: Config, launcher: str) -> str | None:
         return None
     if launcher == 'none':
         return '[mmvolo] no CUDA: running on CPU (single process; SyncBN, if any, -> BN)'
-    stack_fixes.init_cpu_process_group(launcher)
-    changes = stack_fixes.adapt_cfg_to_cpu(cfg)
+    runtime.init_cpu_process_group(launcher)
+    changes = runtime.adapt_cfg_to_cpu(cfg)
     return f'[mmvolo] no CUDA: running on CPU ({", ".join(changes) or "as configured"})'
 
 

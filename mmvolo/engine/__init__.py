@@ -1,8 +1,12 @@
-"""Training machinery: the layer-wise lr decay optimizer-wrapper constructor."""
+"""Training machinery: layer-wise lr decay, atomic checkpoints, exact resume."""
+from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .layer_decay_optim_constructor import (
     LayerDecayPlan,
     VOLOLayerDecayOptimWrapperConstructor,
     plan_layer_decay,
 )
+from .rng_state_hook import RNGStateHook, capture_rng_state, restore_rng_state
 
-__all__ = ['LayerDecayPlan', 'VOLOLayerDecayOptimWrapperConstructor', 'plan_layer_decay']
+__all__ = ['AtomicCheckpointHook', 'LayerDecayPlan', 'RNGStateHook',
+           'VOLOLayerDecayOptimWrapperConstructor', 'capture_rng_state', 'plan_layer_decay',
+           'restore_rng_state']

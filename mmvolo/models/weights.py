@@ -10,14 +10,13 @@ unless they are asked for.
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointError, load_checkpoint_file
 from .arch_zoo import match_arch
 from .embed import POS_EMBED_STRIDE
 
@@ -34,10 +33,6 @@ CLASSIFIER_BACKBONE_PREFIX = 'backbone.'
 CLASSIFIER_HEAD_PREFIX = 'head.'
 #: Keys that identify a VOLO state dict.
 SIGNATURE_KEYS = ('patch_embed.proj.weight', 'network.0.0.attn.attn.weight')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
 
 
 class NoEmaWeightsError(CheckpointError):
@@ -57,68 +52,13 @@ class ConversionReport:
 
 
 # ------------------------------------------------------------------------------------------
-# Reading
-# ------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
-    """Load a checkpoint file onto the CPU without running pickled code.
-
-    ``.safetensors`` files go through safetensors; everything else through
-    ``torch.load(weights_only=True)``. A file that needs arbitrary pickled code is refused
-    unless ``trust=True``.
-
-    Raises:
-        CheckpointError: missing, truncated/corrupt, or untrusted file (one-line message).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint not found: {path}')
-    if path.endswith('.safetensors'):
-        return _read_safetensors(path)
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        if 'weights_only' not in str(error) and 'Weights only' not in str(error):
-            raise _corrupt(path, error) from None
-        if not trust:
-            raise CheckpointError(
-                f'{path} needs arbitrary pickled code to load (not a plain tensor checkpoint); '
-                'refusing. Re-run with --trust (trust=True) only if you trust its source.'
-            ) from None
-        return torch.load(path, map_location='cpu', weights_only=False)
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as error:
-        raise _corrupt(path, error) from None
-
-
-def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise CheckpointError(f'{path} is a .safetensors file; `pip install safetensors` to '
-                              'read it') from None
-    try:
-        return load_file(path, device='cpu')
-    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-        raise _corrupt(path, error) from None
-
-
-def _corrupt(path: str, error: BaseException) -> CheckpointError:
-    return CheckpointError(f'{path} is truncated or corrupt ({first_line(error)})')
-
-
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """First line of an error's message (at most ``limit`` characters), for one-line reports."""
-    text = str(error).strip().splitlines()
-    return text[0][:limit] if text else type(error).__name__
-
-
-# ------------------------------------------------------------------------------------------
 # Unwrapping and recognising
 # ------------------------------------------------------------------------------------------
 def extract_state_dict(obj: Any, ema: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Flat ``{name: tensor}`` from a checkpoint object, with the prefixes stripped.
 
     Args:
-        obj: what :func:`read_checkpoint` returned.
+        obj: what :func:`mmvolo.checkpoint.load_checkpoint_file` returned.
         ema: take the EMA weights (``state_dict_ema`` / ``model_ema``).
 
     Returns:
@@ -333,7 +273,7 @@ def load_volo_weights(path: str | os.PathLike, keep_head: bool = False, ema: boo
     Returns:
         (state dict ready for the backbone, report, unwrap notes).
     """
-    state_dict, notes = extract_state_dict(read_checkpoint(path, trust=trust), ema=ema)
+    state_dict, notes = extract_state_dict(load_checkpoint_file(path, trust=trust), ema=ema)
     require_volo(state_dict, os.fspath(path))
     converted, report = convert_state_dict(state_dict, keep_head, pos_embed_size)
     return converted, report, notes

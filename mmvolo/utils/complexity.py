@@ -28,7 +28,7 @@ from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from ..stack_fixes import replace_norm_type
+from .config import replace_norm_type
 
 
 @dataclass

@@ -2,7 +2,10 @@
 # the pretrained checkpoint). Inherits mmseg's own UperNet model base.
 _base_ = ['mmseg::_base_/models/upernet_swin.py']
 
-custom_imports = dict(imports=['mmvolo'], allow_failed_imports=False)
+# mmvolo.runtime: the stack fixes (explicit; `import mmvolo` only registers). The hooks:
+# atomic checkpoints and RNG states saved with them, so --resume continues exactly.
+custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo'], allow_failed_imports=False)
+custom_hooks = [dict(type='RNGStateHook')]
 
 model = dict(
     backbone=dict(

@@ -1,9 +1,21 @@
-"""What the OpenMMLab stack gets wrong on today's torch, fixed once, here.
+"""What the OpenMMLab stack gets wrong on today's torch, fixed once, here, explicitly.
 
-Each fix is one function with its reason in the docstring and a test in
-``tests/test_stack_fixes.py``. :func:`apply_import_time_fixes` runs the ones that must be in
-place before mmseg is imported (``import mmvolo`` calls it); the distributed and config fixes
-are called by mmvolo's tools.
+``import mmvolo`` only registers modules. The host stack changes only where this module is
+imported: mmvolo's tools import it, and mmvolo's configs list it in ``custom_imports``::
+
+    custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo'], allow_failed_imports=False)
+
+so mmseg's own ``tools/train.py`` and ``mim train mmseg`` get the same fixes. Importing it
+applies :func:`apply` (once); the distributed and config fixes are functions the tools call.
+Each fix is one function with its reason in its docstring and a test in
+``tests/test_runtime.py``:
+
+1. :func:`install_mmcv_ext_standin`: mmcv-lite has no compiled ops; mmseg imports them.
+2. :func:`silence_unactionable_warnings`, :func:`filter_unactionable_log_records`: noise.
+3. :func:`register_checkpoint_loader`: weights-only loading that still resumes the Runner.
+4. :func:`init_cpu_process_group`, :func:`adapt_cfg_to_cpu`, :func:`shutdown_process_group`:
+   distributed training without CUDA.
+5. :func:`harden_runner_cfg`: atomic checkpoints and exact resume for any config.
 """
 from __future__ import annotations
 
@@ -16,11 +28,9 @@ import re
 import sys
 import types
 import warnings
-from pathlib import Path
 from typing import Any
 
-#: Set to 1 to let mmengine's checkpoint loader unpickle any checkpoint that needs code to load.
-TRUST_ENV_VAR = 'MMVOLO_TRUST_CHECKPOINTS'
+from .utils.config import replace_norm_type
 
 _trusted_paths: set[str] = set()
 
@@ -148,64 +158,37 @@ def filter_unactionable_log_records() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. torch>=2.6 loads with weights_only=True; mmengine's own checkpoints need pickle code.
+# 3. torch>=2.6 loads with weights_only=True; mmengine's own checkpoints need more.
 # --------------------------------------------------------------------------------------------
 def trust_checkpoint(path: str | os.PathLike) -> None:
-    """Mark ``path`` as a file the user explicitly asked to resume or test from."""
+    """Allow full unpickling of ``path`` (the user named it with ``--trust``). Nothing else
+    is ever trusted: not a folder, a marker file or an environment variable."""
     _trusted_paths.add(os.path.realpath(os.fspath(path)))
 
 
 def is_trusted_checkpoint(path: str | os.PathLike) -> bool:
-    """True if ``path`` may be unpickled with code execution.
-
-    Trusted: paths given to :func:`trust_checkpoint` (mmvolo's tools register ``--resume``,
-    ``load_from`` and the tested checkpoint), files inside a Runner work dir (a folder holding
-    mmengine's ``last_checkpoint`` marker, what ``--resume`` picks), or anything when
-    ``$MMVOLO_TRUST_CHECKPOINTS=1``.
-    """
-    if os.environ.get(TRUST_ENV_VAR) == '1':
-        return True
-    real = os.path.realpath(os.fspath(path))
-    return real in _trusted_paths or (Path(real).parent / 'last_checkpoint').is_file()
-
-
-def _is_weights_only_error(error: Exception) -> bool:
-    return 'weights_only' in str(error) or 'Weights only load failed' in str(error)
-
-
-def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
-    """``torch.load`` that is safe by default and still resumes mmengine's own checkpoints.
-
-    torch >= 2.6 defaults to ``weights_only=True``; the Runner's checkpoints hold
-    ``HistoryBuffer``, numpy arrays and ``builtins.getattr``, so resume, ``load_from`` and
-    ``mmseg.apis.init_model`` fail with "Weights only load failed". This loader tries
-    ``weights_only=True`` first (tensor-only files, such as converted weights, always load
-    that way) and unpickles with code only for trusted files (:func:`is_trusted_checkpoint`).
-    """
-    import torch
-
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised below unless it is weights-only
-        if not _is_weights_only_error(error):
-            raise
-        if not is_trusted_checkpoint(filename):
-            raise RuntimeError(
-                f'{filename} needs pickled code to load (it is not tensor-only). Pass it to '
-                f'mmvolo\'s tools as --resume/--checkpoint, or set {TRUST_ENV_VAR}=1 if you '
-                'trust its source.') from None
-        return torch.load(filename, map_location=map_location, weights_only=False)
+    """True if ``path`` was given to :func:`trust_checkpoint`."""
+    return os.path.realpath(os.fspath(path)) in _trusted_paths
 
 
 def register_checkpoint_loader() -> None:
-    """Route mmengine's local-file checkpoint loading through :func:`load_checkpoint_file`."""
+    """Route mmengine's local-file checkpoint loading through mmvolo's one loader.
+
+    torch >= 2.6 defaults to ``weights_only=True``, and the Runner's checkpoints hold
+    ``HistoryBuffer``, numpy arrays and ``getattr`` records: ``--resume``, ``load_from`` and
+    ``mmseg.apis.init_model`` fail with "Weights only load failed". mmengine's local loader
+    is replaced by :func:`mmvolo.checkpoint.load_checkpoint_file`, which allows exactly what
+    the Runner writes and runs no pickled code, unless the file was named with ``--trust``
+    (:func:`trust_checkpoint`). Bad files fail with one line naming the file.
+    """
     from mmengine.runner.checkpoint import CheckpointLoader
+
+    from .checkpoint import load_checkpoint_file
 
     def load_from_local(filename: str, map_location: Any) -> Any:
         filename = os.path.expanduser(filename)
-        if not os.path.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return load_checkpoint_file(filename, map_location)
+        return load_checkpoint_file(filename, map_location,
+                                    trust=is_trusted_checkpoint(filename))
 
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
@@ -300,21 +283,6 @@ def adapt_cfg_to_cpu(cfg: Any) -> list[str]:
     return changes
 
 
-def replace_norm_type(node: Any, old: str, new: str) -> int:
-    """Replace ``type=old`` by ``type=new`` in every ``norm_cfg`` below ``node``; count them."""
-    count = 0
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == 'norm_cfg' and isinstance(value, dict) and value.get('type') == old:
-                value['type'] = new
-                count += 1
-            else:
-                count += replace_norm_type(value, old, new)
-    elif isinstance(node, (list, tuple)):
-        count += sum(replace_norm_type(item, old, new) for item in node)
-    return count
-
-
 def shutdown_process_group() -> None:
     """Free what still uses the process group, barrier, then destroy the group.
 
@@ -334,10 +302,49 @@ def shutdown_process_group() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def apply_import_time_fixes() -> None:
-    """The fixes ``import mmvolo`` applies (before mmseg is imported)."""
+# 5. Checkpoints that survive interruption; resume that continues every random stream.
+# --------------------------------------------------------------------------------------------
+def harden_runner_cfg(cfg: Any) -> list[str]:
+    """Give a Runner config atomic checkpoints and exact resume (mmvolo's configs have both).
+
+    mmengine's ``CheckpointHook`` writes into the final file name (a full disk leaves a
+    half-written ``iter_N.pth``) and its resume restarts the random streams from the seed.
+    A plain ``CheckpointHook`` becomes :class:`mmvolo.engine.AtomicCheckpointHook` (same
+    arguments) and :class:`mmvolo.engine.RNGStateHook` is added unless present.
+
+    Returns:
+        One short phrase per change made.
+    """
+    changes: list[str] = []
+    hooks = cfg.setdefault('default_hooks', {})
+    checkpoint = hooks.get('checkpoint')
+    if isinstance(checkpoint, dict) and checkpoint.get('type') in ('CheckpointHook', None):
+        checkpoint['type'] = 'AtomicCheckpointHook'
+        changes.append('atomic checkpoints')
+    custom_hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(hook, dict) and hook.get('type') == 'RNGStateHook'
+               for hook in custom_hooks):
+        custom_hooks.append(dict(type='RNGStateHook'))
+        cfg['custom_hooks'] = custom_hooks
+        changes.append('RNG states in checkpoints')
+    return changes
+
+
+# --------------------------------------------------------------------------------------------
+_applied = False
+
+
+def apply() -> None:
+    """The fixes importing this module applies (before mmseg is imported); idempotent."""
+    global _applied
+    if _applied:
+        return
     silence_unactionable_warnings()
     filter_unactionable_log_records()
     install_mmcv_ext_standin()
     register_checkpoint_loader()
+    _applied = True
+
+
+apply()
 

@@ -1,0 +1,206 @@
+"""mmvolo.runtime: one test per stack fix (each fails without it), and the guest rule:
+``import mmvolo`` changes nothing in the host, importing ``mmvolo.runtime`` applies the fixes."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmvolo import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+MMCV_LITE = 'mmvolo stand-in' in (getattr(sys.modules.get('mmcv._ext'), '__doc__', '') or '')
+
+
+def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
+def test_mmcv_lite_standin_lets_mmseg_models_import():
+    without = run_python('import mmseg.models')
+    assert without.returncode != 0 and "mmcv._ext" in without.stderr
+    code = ('import mmvolo.runtime, mmseg.models\n'
+            'from mmengine.utils.dl_utils import mmcv_full_available\n'
+            'import mmcv._ext as ext\n'
+            'assert not mmcv_full_available()\n'
+            'try:\n'
+            '    ext.nms(None)\n'
+            'except RuntimeError as e:\n'
+            '    print(e)\n')
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert 'needs full mmcv' in result.stdout
+
+
+IMPORT_FOOTPRINT = """
+import importlib, logging, sys, warnings
+import torch, mmengine.runner.checkpoint, mmengine.logging  # what the host already has
+from mmengine.logging import MMLogger
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def footprint():
+    return dict(
+        schemes=dict(CheckpointLoader._schemes),
+        logger_init=MMLogger.__init__,
+        logger_filters=[list(logger.filters) for logger in MMLogger._instance_dict.values()],
+        root_filters=list(logging.getLogger().filters),
+        warning_filters=list(warnings.filters),
+        modules={name: module for name, module in sys.modules.items()},
+    )
+
+
+before = footprint()
+importlib.import_module(sys.argv[1])
+after = footprint()
+stubs = [name for name, module in sys.modules.items() if name not in before['modules']
+         and getattr(module, '__spec__', None) is not None and module.__spec__.loader is None
+         and not hasattr(module, '__path__')]
+changed = [key for key in before if key != 'modules' and before[key] != after[key]]
+replaced = [name for name, module in before['modules'].items()
+            if after['modules'].get(name) is not module]
+print(sorted(changed), sorted(stubs), sorted(replaced))
+"""
+
+
+def import_footprint(module: str) -> str:
+    result = subprocess.run([sys.executable, '-c', IMPORT_FOOTPRINT, module], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize('module', ['mmvolo', 'mmvolo.models', 'mmvolo.ops', 'mmvolo.cls'])
+def test_importing_the_plugin_changes_nothing_in_the_host(module):
+    """``import mmvolo`` registers modules only: mmengine's checkpoint loaders, its logger,
+    warning filters and ``sys.modules`` (no stand-ins) are as before the import."""
+    assert import_footprint(module) == '[] [] []'
+
+
+def test_importing_the_runtime_is_what_applies_the_fixes():
+    changed = import_footprint('mmvolo.runtime')
+    assert "'logger_init'" in changed and "'schemes'" in changed
+    assert "'warning_filters'" in changed
+    if MMCV_LITE:
+        assert "'mmcv._ext'" in changed
+
+
+def test_runtime_makes_config_load_quiet():
+    code = ('{imp}from mmengine.config import Config\n'
+            "Config.fromfile('configs/_base_/models/upernet_volo.py')\n")
+    quiet = run_python(code.format(imp='import mmvolo.runtime\n'))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == '' and quiet.stderr == ''
+    noisy = run_python(code.format(imp='import mmvolo\n'))
+    assert 'pkg_resources is deprecated' in noisy.stderr
+
+
+def test_mmengine_checkpoint_loading_goes_through_the_one_loader(tmp_path):
+    """With the runtime, mmengine's loader (load_from, resume, init_model) is mmvolo's:
+    Runner-style files load weights-only, hostile ones are refused, ``--trust`` is per file."""
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from mmvolo.checkpoint import TrustedLoadWarning, UntrustedCheckpointError
+
+    runner_like = tmp_path / 'iter_5.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'message_hub': {'loss': HistoryBuffer([1.0, 2.0], [1, 1])},
+                'meta': {'value': np.float64(2.0)}}, runner_like)
+    assert _load_checkpoint(str(runner_like), map_location='cpu')['meta']['value'] == 2.0
+    hostile = tmp_path / 'hostile.pth'
+    torch.save({'state_dict': {}, 'x': Path('.')}, hostile)  # needs a non-allowed global
+    (tmp_path / 'last_checkpoint').write_text(str(hostile))  # a marker grants no trust
+    with pytest.raises(UntrustedCheckpointError, match='hostile.pth needs pickled code'):
+        _load_checkpoint(str(hostile), map_location='cpu')
+    runtime.trust_checkpoint(hostile)
+    with pytest.warns(TrustedLoadWarning, match='hostile.pth with full trust'):
+        assert 'x' in _load_checkpoint(str(hostile), map_location='cpu')
+
+
+def test_adapt_cfg_to_cpu():
+    cfg = Config(dict(
+        model=dict(backbone=dict(norm_cfg=dict(type='SyncBN')),
+                   decode_head=dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),
+                   heads=[dict(norm_cfg=dict(type='SyncBN'))]),
+        env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    changes = runtime.adapt_cfg_to_cpu(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg['device_ids'] is None
+    assert cfg.model.decode_head.norm_cfg.type == 'BN'
+    assert cfg.model.heads[0].norm_cfg.type == 'BN'
+    assert changes == ['gloo backend', 'DDP without device ids', 'SyncBN -> BN']
+    assert runtime.adapt_cfg_to_cpu(cfg) == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the fix applies only without CUDA')
+def test_cpu_process_group_and_clean_shutdown():
+    code = ('import torch.distributed as dist\n'
+            'from mmvolo import runtime\n'
+            "assert not runtime.init_cpu_process_group('none')\n"
+            "assert runtime.init_cpu_process_group('pytorch')\n"
+            "assert dist.get_backend() == 'gloo' and dist.get_world_size() == 1\n"
+            'runtime.shutdown_process_group()\n'
+            'assert not dist.is_initialized()\n'
+            "print('ok')\n")
+    env = dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(free_port()))
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok'
+
+
+def test_slurm_env_is_exported(monkeypatch):
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv('SLURM_PROCID', '3')
+    monkeypatch.setenv('SLURM_NTASKS', '8')
+    monkeypatch.setenv('SLURM_LOCALID', '1')
+    monkeypatch.setenv('SLURM_NODELIST', 'node-[01-02]')
+    runtime._export_slurm_env()
+    assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
+        ('3', '8', '1')
+    assert os.environ['MASTER_ADDR'] == 'node-01'
+
+
+@pytest.mark.parametrize('node_list, host', [('node-[01-02]', 'node-01'), ('a1,a2', 'a1'),
+                                             ('gpu[7,9]', 'gpu7'), ('single', 'single')])
+def test_first_slurm_host(node_list, host):
+    assert runtime.first_slurm_host(node_list) == host
+
+
+def test_mmseg_visualization_hook_warning_is_silenced():
+    code = ('{imp}from mmseg.engine.hooks import SegVisualizationHook\n'
+            'from mmseg.visualization import SegLocalVisualizer\n'
+            "SegLocalVisualizer.get_instance('v')\n"
+            'SegVisualizationHook(draw=False)\n')
+    assert run_python(code.format(imp='import mmvolo.runtime\n')).stderr == ''
+    unfiltered = 'import mmvolo.runtime, warnings; warnings.resetwarnings()\n'
+    assert 'The draw is False' in run_python(code.format(imp=unfiltered)).stderr
+
+
+def test_unactionable_mmengine_log_records_are_dropped():
+    code = ('{imp}from mmengine.logging import MMLogger, print_log\n'
+            "MMLogger.get_instance('run', log_level='INFO')\n"
+            'from mmengine.fileio import FileClient\n'
+            "FileClient(backend='disk')\n"
+            "print_log('a warning users need', logger='current', level=30)\n")
+    quiet = run_python(code.format(imp='import mmvolo.runtime\n'))
+    assert quiet.returncode == 0, quiet.stderr
+    assert 'FileClient' not in quiet.stdout and 'HardDiskBackend' not in quiet.stdout
+    assert 'a warning users need' in quiet.stdout
+    noisy = run_python(code.format(imp=''))
+    assert '"FileClient" will be deprecated' in noisy.stdout
