@@ -17,6 +17,7 @@ Files that are not checkpoints (text, random bytes, truncated archives) raise
 """
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import re
@@ -26,6 +27,8 @@ from typing import Any, Callable
 
 import torch
 
+#: HistoryBuffer's built-in statistics (what a message hub pickles by name).
+DEFAULT_STATISTICS = ('min', 'max', 'mean', 'current')
 #: First bytes of the formats ``torch.load`` and safetensors read.
 ZIP_MAGIC = b'PK\x03\x04'
 #: ``torch.save`` before torch 1.6 (legacy): a pickle stream, protocol 2+ opcode first.
@@ -121,6 +124,8 @@ def _describe_bytes(head: bytes) -> str:
     try:
         text = head.decode('utf-8')
     except UnicodeDecodeError:
+        text = None
+    if text is None or not all(char.isprintable() or char.isspace() for char in text):
         return f'unknown binary data starting {head[:8].hex(" ")}'
     if text.lstrip().startswith('{'):
         return 'it looks like JSON text'
@@ -157,14 +162,15 @@ def _history_buffer_getattr(owner: Any, name: str) -> Any:
     """``getattr`` as pickle protocol 2 uses it for ``HistoryBuffer.min`` and friends.
 
     A Runner checkpoint pickles its message hub's statistics methods as
-    ``getattr(HistoryBuffer, 'min')``. Only that lookup is allowed: a plain function defined
-    on ``HistoryBuffer`` itself. Anything else (the route to ``__globals__`` and ``eval``)
-    is refused.
+    ``getattr(HistoryBuffer, 'min')``. Only that lookup is allowed: one of HistoryBuffer's
+    statistics methods, looked up on the class itself. Anything else (the road to
+    ``__globals__`` and ``eval``) is refused.
     """
     from mmengine.logging import HistoryBuffer
 
+    allowed = set(HistoryBuffer._statistics_methods) | set(DEFAULT_STATISTICS)
     value = vars(HistoryBuffer).get(name) if owner is HistoryBuffer else None
-    if name.startswith('_') or not callable(value) or isinstance(value, (classmethod, type)):
+    if name not in allowed or not inspect.isfunction(value):
         raise pickle.UnpicklingError(
             f'Weights only load failed: Unsupported global: GLOBAL getattr({owner!r}, {name!r})')
     return value

@@ -53,6 +53,10 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[str]:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
         os.replace(tmp, dst)
         _fsync_folder(folder)
+    except OSError as error:
+        if error.filename not in (None, tmp) or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, dst) from error  # name what was written
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import os.path as osp
 import sys
@@ -12,6 +13,9 @@ from mmengine.config import Config, DictAction
 from .. import runtime
 from ..checkpoint import CheckpointError, UntrustedCheckpointError
 from .checks import UsageError, untrusted_usage_error
+
+#: ``OSError.errno`` of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def run_tool(main: Callable[[], None]) -> None:
@@ -26,6 +30,13 @@ def run_tool(main: Callable[[], None]) -> None:
         sys.exit(1)
     except CheckpointError as error:
         print(f'error: {error}', file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        print(f'error: no space left on the disk writing {error.filename or "a file"}; '
+              'nothing was half-written: free space, then rerun (training: --resume)',
+              file=sys.stderr)
         sys.exit(1)
 
 
