@@ -1,0 +1,70 @@
+"""Warnings and log records users of mmvolo cannot act on."""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from typing import Any
+
+_UNACTIONABLE_WARNINGS = (
+    # setuptools, each time mmengine resolves an `mmseg::` config base through pkg_resources
+    (r'pkg_resources is deprecated', UserWarning),
+    # mmengine's FileClient / mmseg's own deprecations triggered inside mmseg, not by users
+    (r'.*FileClient.*deprecated', DeprecationWarning),
+    (r'.*``build_loss`` would be deprecated', UserWarning),
+    (r'.*reduce_zero_label.*deprecated', UserWarning),
+    # mmseg's SegVisualizationHook, on every run whose default config leaves draw=False
+    (r'The draw is False', UserWarning),
+)
+
+
+def silence_unactionable_warnings() -> None:
+    """Filter the stack's warnings that say nothing a user of mmvolo can change.
+
+    ``pkg_resources is deprecated`` appears several times per config load; mmseg's and
+    mmengine's deprecation notices come from their own internals. Only these exact messages are
+    filtered; every other warning still shows.
+    """
+    for message, category in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings('ignore', message=message, category=category)
+
+
+#: Substrings of mmengine log records (logger warnings, not Python warnings) that users of
+#: mmvolo cannot act on: mmengine's own deprecations triggered by mmseg internals, and mmseg's
+#: IoUMetric not setting a metric prefix.
+UNACTIONABLE_LOG_MESSAGES = (
+    '"FileClient" will be deprecated in future',
+    '"HardDiskBackend" is the alias of "LocalBackend"',
+    'The prefix is not set in metric class',
+)
+
+
+class _DropUnactionableRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not any(text in message for text in UNACTIONABLE_LOG_MESSAGES)
+
+
+def filter_unactionable_log_records() -> None:
+    """Drop mmengine log records that say nothing a user can change.
+
+    mmengine reports its FileClient/HardDiskBackend deprecations (used by mmseg's transforms and
+    hooks) and the missing IoUMetric prefix through its MMLogger at WARNING level on every
+    run, so the warning filters above do not reach them. Every MMLogger, present and future,
+    gets a logging filter dropping exactly those records.
+    """
+    from mmengine.logging import MMLogger
+
+    if getattr(MMLogger.__init__, '_mmvolo_filtered', False):
+        return
+    original_init = MMLogger.__init__
+
+    @functools.wraps(original_init)
+    def init_with_filter(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.addFilter(_DropUnactionableRecords())
+
+    init_with_filter._mmvolo_filtered = True  # type: ignore[attr-defined]
+    MMLogger.__init__ = init_with_filter
+    for logger in MMLogger._instance_dict.values():
+        logger.addFilter(_DropUnactionableRecords())
