@@ -1,4 +1,5 @@
-"""Outlook attention implementations vs the reference, and the reference vs the paper formula.
+"""Outlook attention implementations vs the reference, the reference vs the paper formula, and
+the dispatcher that picks among them.
 
 Ladder of trust:
 1. ``loop_outlook`` below is a literal transcription of VOLO Eq. 3-5 (loops over output-grid
@@ -12,24 +13,45 @@ Ladder of trust:
 The Triton impl runs under Triton's interpreter, which must be switched on before triton is
 first imported, so its cases run in one subprocess (this file with ``--triton-worker``) and
 the parametrized tests read that subprocess's results.
+
+Dispatcher (``mmvolo.ops.outlook_attention``, which names no implementation itself):
+``'auto'`` is the highest-priority registered impl whose ``supports`` accepts the tensors (a
+test registers a fourth impl to show it is picked, and passed over where unsupported), and is
+logged at debug level; an explicitly requested impl (argument or env var) that cannot run -
+unsupported tensors, or a known optional impl that is unavailable - warns once per (impl,
+reason), naming both and what runs instead, and the ``'auto'`` choice runs; unknown names are
+a one-line ValueError listing the registered names; all of it traces under
+``torch.compile(fullgraph=True)``. ``define_outlook_op`` turns any forward/backward pair into
+a differentiable, compilable custom op.
 """
 from __future__ import annotations
 
 import importlib
 import itertools
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmvolo.ops import IMPL_ENV_VAR, available_impls, outlook_attention
-from mmvolo.ops.outlook_attention import outlook_attention_reference, select_impl
-from mmvolo.ops.outlook_chunked import CHUNK_ENV_VAR, outlook_attention_chunked
+from mmvolo.ops import (
+    IMPL_ENV_VAR,
+    OutlookImplFallbackWarning,
+    available_impls,
+    known_impls,
+    outlook_attention,
+    outlook_attention_reference,
+    temporary_outlook_impl,
+)
+from mmvolo.ops.custom_op import define_outlook_op
+from mmvolo.ops.outlook_attention import select_impl
+from mmvolo.ops.outlook_chunked import CHUNK_ENV_VAR, chunked_backward, outlook_attention_chunked
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(7, 5), (9, 13), (1, 1), (2, 3), (33, 17)]
@@ -37,6 +59,8 @@ STRIDES = [1, 2]
 HEADS = [1, 2, 3]
 LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # atol == rtol
 # (H, W, stride, heads); batch 1, head_dim 2, K=3, P=1 - the interpreter is slow
+# the module; the package attribute of the same name is the function
+dispatcher = importlib.import_module('mmvolo.ops.outlook_attention')
 TRITON_CASES = [(7, 5, 2, 2), (5, 9, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17, 2, 1)]
 
 
@@ -191,8 +215,8 @@ def _triton_worker() -> None:
         scaled = [((g.float() - w).abs() / (1 + w.abs())).max().item()
                   for g, w in zip(got, want)]
         results[str(dtype)] = scaled + [str(t.dtype) for t in got]
-    from mmvolo.ops.outlook_attention import select_impl as select
-    results['auto_cpu_interpreted'] = select(v, 'triton', logits)
+    results['explicit_cpu_interpreted'] = select_impl(v, 'triton', logits)
+    results['auto_cpu_interpreted'] = select_impl(v, 'auto', logits)
     print('RESULTS ' + json.dumps(results))
 
 
@@ -225,21 +249,46 @@ def test_triton_low_precision(triton_results, dtype):
 
 
 def test_triton_claims_cpu_tensors_when_interpreted(triton_results):
-    assert triton_results['auto_cpu_interpreted'] == 'triton'
+    assert triton_results['explicit_cpu_interpreted'] == 'triton'
+    assert triton_results['auto_cpu_interpreted'] == 'triton'  # highest priority that runs
 
 
 # ------------------------------------------------------------------------------------------
 # Dispatcher
 # ------------------------------------------------------------------------------------------
 
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Forget which fallbacks were already warned about (the dispatcher warns once each)."""
+    monkeypatch.setattr(dispatcher, '_WARNED', set())
+
+
+def float32_only(v: torch.Tensor, logits: torch.Tensor) -> str | None:
+    return None if v.dtype == torch.float32 else f'{v.dtype} input (test impl: float32 only)'
+
+
+@pytest.fixture
+def float32_only_impl():
+    """'wrapped': the reference, registered above every impl, supporting float32 only."""
+    with temporary_outlook_impl('wrapped', outlook_attention_reference, float32_only, 10 ** 6):
+        yield 'wrapped'
+
+
 def test_impl_names():
+    assert {'reference', 'chunked', 'triton'} <= set(known_impls())
     names = available_impls()
     assert {'reference', 'chunked'} <= set(names)
     try:
         import triton  # noqa: F401
         assert 'triton' in names
     except ImportError:
-        assert 'triton' not in names
+        assert 'triton' not in names  # known (accepted, falls back) but not available
+
+
+def test_dispatcher_names_no_implementation():
+    source = Path(dispatcher.__file__).read_text()
+    for name in known_impls():
+        assert f"'{name}'" not in source and f'"{name}"' not in source, name
 
 
 def test_auto_on_cpu_picks_chunked(monkeypatch):
@@ -255,32 +304,103 @@ def test_env_var_selects_impl(monkeypatch):
     assert select_impl(v, None, logits) == 'reference'
     assert select_impl(v, 'chunked', logits) == 'chunked'  # argument beats env var
     monkeypatch.setenv(IMPL_ENV_VAR, 'nope')
-    with pytest.raises(ValueError, match='unknown outlook attention impl'):
+    with pytest.raises(ValueError, match=f"unknown outlook attention impl 'nope' .{IMPL_ENV_VAR}"):
         outlook_attention(v, logits, 1, 3, 1, 2)
 
 
-def test_bad_impl_name_raises():
+def test_bad_impl_name_is_one_line_listing_registered_names():
     v, logits, _ = make_inputs(4, 4, 2, 1)
-    with pytest.raises(ValueError, match="'fast'"):
+    with pytest.raises(ValueError, match="'fast'") as info:
         outlook_attention(v, logits, 1, 3, 1, 2, impl='fast')
+    message = str(info.value)
+    assert '\n' not in message
+    assert message.endswith('choose one of ' + ', '.join(['auto', *known_impls()]))
 
 
-def test_triton_on_plain_cpu_falls_back():
+def test_auto_picks_highest_priority_supporting_impl(monkeypatch):
+    """A fourth impl is one registration: 'auto' takes it where it can run, else passes it
+    over; unregistering restores the previous choice."""
+    monkeypatch.delenv(IMPL_ENV_VAR, raising=False)
+    calls = []
+
+    def wrapped_reference(v, logits, num_heads, kernel_size, padding, stride):
+        calls.append(v.dtype)
+        return outlook_attention_reference(v, logits, num_heads, kernel_size, padding, stride)
+
+    v, logits, _ = make_inputs(7, 5, 2, 2)
+    with temporary_outlook_impl('wrapped', wrapped_reference, float32_only, priority=10 ** 6):
+        assert 'wrapped' in available_impls()
+        assert select_impl(v, None, logits) == 'wrapped'
+        out = outlook_attention(v, logits, 2, 3, 1, 2)
+        assert calls == [torch.float32]
+        torch.testing.assert_close(out, outlook_attention_reference(v, logits, 2, 3, 1, 2))
+        assert select_impl(v.double(), 'auto', logits.double()) == 'chunked'
+        outlook_attention(v.double(), logits.double(), 2, 3, 1, 2)
+        assert calls == [torch.float32]
+    assert 'wrapped' not in known_impls()
+    assert select_impl(v, None, logits) == 'chunked'
+
+
+def test_auto_choice_logged_at_debug(float32_only_impl, caplog, monkeypatch):
+    monkeypatch.delenv(IMPL_ENV_VAR, raising=False)
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    with caplog.at_level(logging.DEBUG, logger='mmvolo.ops'):
+        assert select_impl(v.double(), None, logits.double()) == 'chunked'
+    messages = [r.getMessage() for r in caplog.records if r.name == 'mmvolo.ops']
+    assert len(messages) == 1 and "'auto' chose 'chunked'" in messages[0], messages
+    assert "'wrapped': torch.float64 input (test impl: float32 only)" in messages[0]
+
+
+def test_explicit_impl_that_cannot_run_warns_once_per_reason(float32_only_impl, fresh_warnings):
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    with pytest.warns(OutlookImplFallbackWarning) as record:
+        out = outlook_attention(v.double(), logits.double(), 1, 3, 1, 2, impl='wrapped')
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "impl 'wrapped' (from impl=) cannot run here" in message
+    assert 'torch.float64 input (test impl: float32 only)' in message  # why
+    assert "running 'chunked'" in message  # what runs instead
+    assert record[0].filename == __file__  # points at the caller
+    torch.testing.assert_close(out, outlook_attention_reference(
+        v.double(), logits.double(), 1, 3, 1, 2))
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter('always')
+        assert select_impl(v.double(), 'wrapped', logits.double()) == 'chunked'
+        assert select_impl(v, 'wrapped', logits) == 'wrapped'  # runs: nothing to say
+    assert again == []
+    with pytest.warns(OutlookImplFallbackWarning, match='torch.float16 input'):
+        select_impl(v.half(), 'wrapped', logits.half())  # another reason warns again
+
+
+def test_env_var_request_that_cannot_run_warns(float32_only_impl, fresh_warnings, monkeypatch):
+    monkeypatch.setenv(IMPL_ENV_VAR, 'wrapped')
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    with pytest.warns(OutlookImplFallbackWarning, match=f"'wrapped' .from {IMPL_ENV_VAR}"):
+        assert select_impl(v.double(), None, logits.double()) == 'chunked'
+
+
+def test_unavailable_optional_impl_warns_and_falls_back(fresh_warnings):
+    """What happens to impl='triton' where triton is not importable (simulated here)."""
+    v, logits, _ = make_inputs(4, 4, 2, 1)
+    with temporary_outlook_impl('triton', None, unavailable='triton is not importable (sim)'):
+        assert 'triton' in known_impls() and 'triton' not in available_impls()
+        with pytest.warns(OutlookImplFallbackWarning,
+                          match=r"'triton' .* triton is not importable \(sim\); running 'chunked'"):
+            out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
+        torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
+        assert select_impl(v, 'auto', logits) == 'chunked'
+    assert ('triton' in available_impls()) == (dispatcher._REGISTRY['triton'].fn is not None)
+
+
+def test_triton_on_plain_cpu_falls_back(fresh_warnings):
     pytest.importorskip('triton')
     from mmvolo.ops import outlook_triton
     if outlook_triton.INTERPRETED:
         pytest.skip('this process runs triton interpreted')
     v, logits, _ = make_inputs(4, 4, 2, 1)
-    assert select_impl(v, 'triton', logits) == 'chunked'
-    out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
+    with pytest.warns(OutlookImplFallbackWarning, match="'triton' .*cpu tensors .*'chunked'"):
+        out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
     torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
-
-
-def test_triton_name_accepted_without_triton(monkeypatch):
-    dispatch_module = importlib.import_module('mmvolo.ops.outlook_attention')
-    monkeypatch.delitem(dispatch_module._IMPLS, 'triton', raising=False)
-    v, logits, _ = make_inputs(4, 4, 2, 1)
-    assert select_impl(v, 'triton', logits) == 'chunked'
 
 
 @pytest.mark.parametrize('impl', ['reference', 'chunked', 'auto'])
@@ -310,6 +430,73 @@ def test_compile_chunked_no_graph_break():
     want = value_and_grads(fn, v, logits, grad)
     got = value_and_grads(compiled, v, logits, grad)
     assert max(max_errors(got, want)) < 1e-5
+
+
+@pytest.mark.skipif(not hasattr(torch, 'compile'), reason='torch.compile unavailable')
+def test_compile_fallback_and_debug_log_without_graph_break(float32_only_impl, fresh_warnings,
+                                                           caplog):
+    """The dispatch decision, its warning and its debug log happen at trace time."""
+    import torch._dynamo
+
+    def fn(v, logits):
+        return outlook_attention(v, logits, 2, 3, 1, 2, impl='wrapped').sin()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend='aot_eager', fullgraph=True)
+    v, logits, _ = make_inputs(7, 5, 2, 2, dtype=torch.float64)
+    with caplog.at_level(logging.DEBUG, logger='mmvolo.ops'):
+        with pytest.warns(OutlookImplFallbackWarning, match="running 'chunked'"):
+            out = compiled(v, logits)
+    torch._dynamo.reset()
+    assert any("'auto' chose 'chunked'" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(out, outlook_attention_reference(v, logits, 2, 3, 1, 2).sin())
+
+
+# ------------------------------------------------------------------------------------------
+# define_outlook_op: any forward/backward pair becomes a differentiable custom op
+# ------------------------------------------------------------------------------------------
+
+BACKWARD_FLAGS = []
+
+
+def _recording_backward(*args):
+    """The chunked backward (a plain function), recording the (need_v, need_logits) flags."""
+    BACKWARD_FLAGS.append(args[-2:])
+    return chunked_backward(*args)
+
+
+@pytest.fixture(scope='module')
+def reference_op():
+    """The reference forward paired with the chunked backward, as a new op."""
+    return define_outlook_op('mmvolo_test::outlook_pair', outlook_attention_reference,
+                             _recording_backward)
+
+
+def test_define_outlook_op_is_differentiable(reference_op):
+    v, logits, _ = make_inputs(3, 2, 2, 1, batch=1, dtype=torch.float64)
+    v.requires_grad_()
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: reference_op(a, b, 1, 3, 1, 2), (v, logits))
+    BACKWARD_FLAGS.clear()
+    out = reference_op(v, logits.detach(), 1, 3, 1, 2)
+    (grad_v,) = torch.autograd.grad(out.sum(), v)
+    assert BACKWARD_FLAGS == [(True, False)]  # needs_input_grad reaches the backward
+    torch.testing.assert_close(grad_v, torch.autograd.grad(
+        outlook_attention_reference(v, logits, 1, 3, 1, 2).sum(), v)[0])
+
+
+@pytest.mark.skipif(not hasattr(torch, 'compile'), reason='torch.compile unavailable')
+def test_define_outlook_op_compiles_without_graph_break(reference_op):
+    import torch._dynamo
+
+    def fn(v, logits):
+        return reference_op(v * 2, logits, 2, 3, 1, 2).sin()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend='aot_eager', fullgraph=True)
+    v, logits, grad = make_inputs(7, 5, 2, 2)
+    assert max(max_errors(value_and_grads(compiled, v, logits, grad),
+                          value_and_grads(fn, v, logits, grad))) < 1e-6
 
 
 if __name__ == '__main__' and '--triton-worker' in sys.argv:

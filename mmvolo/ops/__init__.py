@@ -1,21 +1,33 @@
 """Operators: outlook attention behind one function with selectable implementations.
 
-Importing this package registers the 'reference' and 'chunked' implementations, and
-'triton' when triton is importable (a failing triton import never breaks ``import mmvolo``).
+Importing this package registers the implementations, each from its own module: 'reference'
+(:mod:`.outlook_reference`), 'chunked' (:mod:`.outlook_chunked`) and 'triton'
+(:mod:`.outlook_triton`; registered as known but unavailable when triton cannot be imported -
+a failing triton never breaks ``import mmvolo``). A further implementation is one module
+calling :func:`register_outlook_impl`, imported here.
 """
-from . import outlook_chunked  # noqa: F401  (registers 'chunked')
+from . import outlook_chunked, outlook_reference  # noqa: F401  (register themselves)
 from .outlook_attention import (
     IMPL_ENV_VAR,
+    OutlookImplFallbackWarning,
     available_impls,
+    known_impls,
     outlook_attention,
-    outlook_attention_reference,
     register_outlook_impl,
+    register_unavailable_impl,
+    temporary_outlook_impl,
+    unregister_outlook_impl,
+    unsupported_reason,
 )
+from .outlook_reference import outlook_attention_reference
 
 try:
-    from . import outlook_triton  # noqa: F401  (registers 'triton')
-except Exception:  # pragma: no cover - depends on the installed triton
+    from . import outlook_triton  # noqa: F401  (registers 'triton', maybe as unavailable)
+except Exception as exc:  # pragma: no cover - depends on the installed triton
     outlook_triton = None
+    register_unavailable_impl('triton', f'mmvolo.ops.outlook_triton failed to import ({exc})')
 
-__all__ = ['IMPL_ENV_VAR', 'available_impls', 'outlook_attention',
-           'outlook_attention_reference', 'register_outlook_impl']
+__all__ = ['IMPL_ENV_VAR', 'OutlookImplFallbackWarning', 'available_impls', 'known_impls',
+           'outlook_attention', 'outlook_attention_reference', 'register_outlook_impl',
+           'register_unavailable_impl', 'temporary_outlook_impl', 'unregister_outlook_impl',
+           'unsupported_reason']

@@ -14,9 +14,11 @@ Formulation (channels-last, no ``F.unfold`` / ``F.fold``):
   halo handling is needed.
 
 Only one chunk of unfolded values and of ``attn @ v`` exists at any time. The op is a
-``torch.library.custom_op`` (``mmvolo::outlook_chunked_fwd``/``_bwd``) with fake kernels and
-``register_autograd``, so ``torch.compile`` keeps it as one opaque node (no graph break; no
-fusion into it either). Its backward saves only ``v`` and ``logits`` and recomputes per chunk:
+``torch.library.custom_op`` (``mmvolo::outlook_chunked_fwd``/``_bwd``, built by
+:func:`~mmvolo.ops.custom_op.define_outlook_op`) with fake kernels and autograd, so
+``torch.compile`` keeps it as one opaque node (no graph break; no fusion into it either).
+Its backward saves only ``v`` and ``logits`` and recomputes per chunk (forward and backward
+share one chunk loop, ``_ChunkPlan.chunks``):
 
     gY  = windows(grad_out)                          # (n, K*K, d), gathered like v
     gA  = gY @ Vwin^T ;  glogits = A * (gA - sum_k(gA * A))
@@ -29,10 +31,11 @@ inputs are computed in their own dtype.
 from __future__ import annotations
 
 import os
-from typing import Any, Tuple
+from typing import Iterator, Tuple
 
 import torch
 
+from .custom_op import define_outlook_op
 from .outlook_attention import output_grid, register_outlook_impl
 
 CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
@@ -40,6 +43,8 @@ CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
 # trade-off between per-op overhead and the working set (see docs/performance.md).
 DEFAULT_CHUNK_ELEMS = 1 << 20
 MIN_CHUNKS, MAX_CHUNKS = 2, 8
+#: 'auto' prefers it to the reference (any tensors), and a fused kernel to it.
+PRIORITY = 10
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,13 +78,18 @@ def _windows(xp: torch.Tensor, row0: int, rows: int, w: int, num_heads: int,
     return view.reshape(-1, kernel_size * kernel_size, head_dim)
 
 
-def _valid_range(first: int, count: int, offset: int, padding: int, stride: int,
-                 size: int) -> tuple[int, int]:
-    """Sub-range [lo, hi) of grid indices first..first+count-1 whose ``n*S - P + offset``
-    lands inside [0, size)."""
+def _valid_slice(first: int, count: int, offset: int, padding: int, stride: int,
+                 size: int) -> tuple[slice, slice] | None:
+    """Grid indices first..first+count-1 whose ``n*S - P + offset`` lands inside [0, size):
+    (their slice relative to ``first``, the slice of image positions they land on), or None
+    when there are none."""
     lo = max(first, -((offset - padding) // stride))  # ceil((P - offset) / S)
     hi = min(first + count, (size - 1 + padding - offset) // stride + 1)
-    return lo, max(lo, hi)
+    if hi <= lo:
+        return None
+    dst = slice(lo * stride - padding + offset, (hi - 1) * stride - padding + offset + 1,
+                stride)
+    return slice(lo - first, hi - first), dst
 
 
 def _overlap_add(dst: torch.Tensor, y: torch.Tensor, row0: int, rows: int, w: int,
@@ -90,19 +100,15 @@ def _overlap_add(dst: torch.Tensor, y: torch.Tensor, row0: int, rows: int, w: in
     y = y.view(batch, rows, w, -1, kernel_size, kernel_size, head_dim)
     heads = y.shape[3]
     for ki in range(kernel_size):
-        i_lo, i_hi = _valid_range(row0, rows, ki, padding, stride, height)
-        if i_lo == i_hi:
+        row_slices = _valid_slice(row0, rows, ki, padding, stride, height)
+        if row_slices is None:
             continue
-        dst_rows = slice(i_lo * stride - padding + ki, (i_hi - 1) * stride - padding + ki + 1,
-                         stride)
         for kj in range(kernel_size):
-            j_lo, j_hi = _valid_range(0, w, kj, padding, stride, width)
-            if j_lo == j_hi:
+            col_slices = _valid_slice(0, w, kj, padding, stride, width)
+            if col_slices is None:
                 continue
-            dst_cols = slice(j_lo * stride - padding + kj,
-                             (j_hi - 1) * stride - padding + kj + 1, stride)
-            target = dst[:, dst_rows, dst_cols].unflatten(-1, (heads, head_dim))
-            target.add_(y[:, i_lo - row0:i_hi - row0, j_lo:j_hi, :, ki, kj])
+            target = dst[:, row_slices[1], col_slices[1]].unflatten(-1, (heads, head_dim))
+            target.add_(y[:, row_slices[0], col_slices[0], :, ki, kj])
 
 
 def _chunk_rows(batch: int, w: int, channels: int, kernel_size: int, h: int) -> int:
@@ -138,23 +144,51 @@ def _softmax_last(x: torch.Tensor) -> torch.Tensor:
     return e.div_(e.sum(dim=-1, keepdim=True))
 
 
+class _ChunkPlan:
+    """Geometry of one call, shared by forward and backward: the padded buffers' size, the
+    compute dtype and the split of the output grid into chunks of whole rows."""
+
+    def __init__(self, v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
+                 stride: int) -> None:
+        self.batch, height, width, channels = v.shape
+        self.h, self.w = output_grid(height, width, stride)
+        self.hp = _padded_size(height, self.h, kernel_size, padding, stride)
+        self.wp = _padded_size(width, self.w, kernel_size, padding, stride)
+        self.dtype = _compute_dtype(v.dtype)
+        self.num_heads, self.kernel_size = num_heads, kernel_size
+        self.padding, self.stride = padding, stride
+        self.step = _chunk_rows(self.batch, self.w, channels, kernel_size, self.h)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) in a zero buffer covering every window, in the compute dtype."""
+        return _pad(x, self.hp, self.wp, self.padding, self.dtype)
+
+    def chunks(self, logits: torch.Tensor) -> Iterator[Tuple[range, torch.Tensor]]:
+        """Yield (grid rows of the chunk, softmax of its logits (n, K*K, K*K))."""
+        kk = self.kernel_size * self.kernel_size
+        for row0 in range(0, self.h, self.step):
+            rows = range(row0, min(row0 + self.step, self.h))
+            yield rows, _attn(logits, row0, len(rows), kk, self.dtype)
+
+    def windows(self, xp: torch.Tensor, rows: range) -> torch.Tensor:
+        """The K*K windows of padded ``xp`` for grid ``rows`` -> (n, K*K, d)."""
+        return _windows(xp, rows.start, len(rows), self.w, self.num_heads, self.kernel_size,
+                        self.stride)
+
+    def overlap_add(self, dst: torch.Tensor, y: torch.Tensor, rows: range) -> None:
+        """Fold the chunk's ``y`` (n, K*K, d) into ``dst`` (B, H, W, C) in place."""
+        _overlap_add(dst, y, rows.start, len(rows), self.w, self.kernel_size, self.padding,
+                     self.stride)
+
+
 def chunked_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
                     padding: int, stride: int) -> torch.Tensor:
     """Forward without autograd bookkeeping; shapes as in :func:`outlook_attention_chunked`."""
-    batch, height, width, channels = v.shape
-    h, w = output_grid(height, width, stride)
-    hp = _padded_size(height, h, kernel_size, padding, stride)
-    wp = _padded_size(width, w, kernel_size, padding, stride)
-    dtype = _compute_dtype(v.dtype)
-    kk = kernel_size * kernel_size
-    vp = _pad(v, hp, wp, padding, dtype)
+    plan = _ChunkPlan(v, num_heads, kernel_size, padding, stride)
+    vp = plan.pad(v)
     out = vp.new_zeros(v.shape)
-    step = _chunk_rows(batch, w, channels, kernel_size, h)
-    for row0 in range(0, h, step):
-        rows = min(step, h - row0)
-        vwin = _windows(vp, row0, rows, w, num_heads, kernel_size, stride)
-        y = torch.bmm(_attn(logits, row0, rows, kk, dtype), vwin)
-        _overlap_add(out, y, row0, rows, w, kernel_size, padding, stride)
+    for rows, attn in plan.chunks(logits):
+        plan.overlap_add(out, torch.bmm(attn, plan.windows(vp, rows)), rows)
     return out.to(v.dtype)
 
 
@@ -163,82 +197,26 @@ def chunked_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tens
                      need_v: bool = True,
                      need_logits: bool = True) -> Tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4)), recomputed per chunk."""
-    batch, height, width, channels = v.shape
-    h, w = output_grid(height, width, stride)
-    hp = _padded_size(height, h, kernel_size, padding, stride)
-    wp = _padded_size(width, w, kernel_size, padding, stride)
-    dtype = _compute_dtype(v.dtype)
-    kk = kernel_size * kernel_size
-    vp = _pad(v, hp, wp, padding, dtype)
-    gp = _pad(grad_out, hp, wp, padding, dtype)
+    plan = _ChunkPlan(v, num_heads, kernel_size, padding, stride)
+    vp = plan.pad(v)
+    gp = plan.pad(grad_out)
     grad_v = vp.new_zeros(v.shape) if need_v else None
     grad_logits = logits.new_empty(logits.shape) if need_logits else None
-    step = _chunk_rows(batch, w, channels, kernel_size, h)
-    for row0 in range(0, h, step):
-        rows = min(step, h - row0)
-        attn = _attn(logits, row0, rows, kk, dtype)
-        gy = _windows(gp, row0, rows, w, num_heads, kernel_size, stride)
+    for rows, attn in plan.chunks(logits):
+        gy = plan.windows(gp, rows)
         if need_logits:
-            vwin = _windows(vp, row0, rows, w, num_heads, kernel_size, stride)
-            ga = torch.bmm(gy, vwin.transpose(1, 2))
+            ga = torch.bmm(gy, plan.windows(vp, rows).transpose(1, 2))
             gl = attn * (ga - (ga * attn).sum(dim=-1, keepdim=True))
-            grad_logits[:, row0:row0 + rows] = gl.view(batch, rows, w, -1)
+            grad_logits[:, rows.start:rows.stop] = gl.view(plan.batch, len(rows), plan.w, -1)
         if need_v:
-            gvwin = torch.bmm(attn.transpose(1, 2), gy)
-            _overlap_add(grad_v, gvwin, row0, rows, w, kernel_size, padding, stride)
+            plan.overlap_add(grad_v, torch.bmm(attn.transpose(1, 2), gy), rows)
     return (None if grad_v is None else grad_v.to(v.dtype)), grad_logits
 
 
-@torch.library.custom_op('mmvolo::outlook_chunked_fwd', mutates_args=())
-def _chunked_fwd_op(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
-                    padding: int, stride: int) -> torch.Tensor:
-    return chunked_forward(v, logits, num_heads, kernel_size, padding, stride)
+_chunked_op = define_outlook_op('mmvolo::outlook_chunked', chunked_forward, chunked_backward)
 
 
-@_chunked_fwd_op.register_fake
-def _(v, logits, num_heads, kernel_size, padding, stride):
-    return torch.empty_like(v, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op('mmvolo::outlook_chunked_bwd', mutates_args=())
-def _chunked_bwd_op(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
-                    num_heads: int, kernel_size: int, padding: int, stride: int,
-                    need_v: bool, need_logits: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    grad_v, grad_logits = chunked_backward(grad_out, v, logits, num_heads, kernel_size,
-                                           padding, stride, need_v, need_logits)
-    empty = v.new_empty(0)  # custom ops cannot return None for an unneeded gradient
-    return (empty if grad_v is None else grad_v,
-            empty if grad_logits is None else grad_logits)
-
-
-@_chunked_bwd_op.register_fake
-def _(grad_out, v, logits, num_heads, kernel_size, padding, stride, need_v, need_logits):
-    return (torch.empty_like(v, memory_format=torch.contiguous_format) if need_v
-            else v.new_empty(0),
-            torch.empty_like(logits, memory_format=torch.contiguous_format) if need_logits
-            else v.new_empty(0))
-
-
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    v, logits, *params = inputs
-    ctx.save_for_backward(v, logits)
-    ctx.params = tuple(params)
-
-
-def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-    """Recompute per chunk from the saved (v, logits); not itself differentiable."""
-    v, logits = ctx.saved_tensors
-    need_v, need_logits = ctx.needs_input_grad[:2]
-    grad_v, grad_logits = _chunked_bwd_op(grad_out, v, logits, *ctx.params,
-                                          bool(need_v), bool(need_logits))
-    return (grad_v if need_v else None, grad_logits if need_logits else None,
-            None, None, None, None)
-
-
-_chunked_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_outlook_impl('chunked')
+@register_outlook_impl('chunked', priority=PRIORITY)
 def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: int,
                               kernel_size: int = 3, padding: int = 1,
                               stride: int = 1) -> torch.Tensor:
@@ -252,7 +230,7 @@ def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: 
     Returns:
         (B, H, W, C) in ``v.dtype``.
     """
-    return _chunked_fwd_op(v, logits, num_heads, kernel_size, padding, stride)
+    return _chunked_op(v, logits, num_heads, kernel_size, padding, stride)
 
 
 __all__ = ['outlook_attention_chunked', 'chunked_forward', 'chunked_backward',

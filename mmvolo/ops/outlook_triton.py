@@ -25,19 +25,24 @@ their correctness is tested there, their GPU speed is unmeasured.
 All arithmetic is fp32 whatever the input dtype (fp32/fp16/bf16); results are cast to the
 input dtypes on store.
 
+The window/grid index arithmetic (which pixel a cell's window offset reads, which cell
+covers a pixel at an offset) is in ``@triton.jit`` helpers the three kernels call.
+
 The kernels are launched through two ``torch.library.custom_op`` s (``mmvolo::outlook_fwd``
-and ``mmvolo::outlook_bwd``) with fake (meta) implementations and ``register_autograd``, so
-``torch.compile`` of a model calling :func:`outlook_attention` with this impl traces the op
-as one opaque node without a graph break. Remaining limitations: the op is opaque to
-inductor (no fusion with neighbours), and the backward is not itself differentiable
-(no double backward).
+and ``mmvolo::outlook_bwd``, built by :func:`~mmvolo.ops.custom_op.define_outlook_op`) with
+fake (meta) implementations and autograd, so ``torch.compile`` of a model calling
+:func:`outlook_attention` with this impl traces the op as one opaque node without a graph
+break. Remaining limitations: the op is opaque to inductor (no fusion with neighbours), and
+the backward is not itself differentiable (no double backward).
 
 With ``TRITON_INTERPRET=1`` set before triton is first imported, ``triton.jit`` returns
 interpreted kernels and :func:`outlook_attention_triton` runs on CPU tensors (slow; for
 tests - they run it in a subprocess). Triton 3.8's interpreter cannot be switched on later
 in a process: ``tl.max``/``tl.sum`` are themselves jitted at import time. The registered
-``'triton'`` impl claims CUDA tensors (and CPU tensors in interpreter mode); otherwise the
-dispatcher falls back to another impl.
+``'triton'`` impl (priority above ``'chunked'``) supports CUDA tensors in fp32/fp16/bf16, and
+CPU tensors in interpreter mode, so ``'auto'`` picks it there; elsewhere ``'auto'`` passes it
+over, and an explicit request warns and runs the ``'auto'`` choice. Without a working triton
+the name is registered as known but unavailable (same fallback, the import error as reason).
 """
 from __future__ import annotations
 
@@ -45,58 +50,105 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .outlook_attention import output_grid, register_outlook_impl
+from .custom_op import define_outlook_op
+from .outlook_attention import output_grid, register_outlook_impl, register_unavailable_impl
 
 try:
     import triton
     import triton.language as tl
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only without triton
-    triton = None
-    tl = None
-    HAS_TRITON = False
+    HAS_TRITON, TRITON_MISSING = True, None
+except Exception as exc:  # pragma: no cover - exercised only without a working triton
+    triton = tl = None
+    HAS_TRITON, TRITON_MISSING = False, f'triton is not importable here ({exc})'
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_PIXELS = 16  # pixels (or grid cells) per program on the GPU
 BLOCK_PIXELS_INTERPRETED = 128  # fewer, larger programs: the interpreter pays per program
 NUM_WARPS = 4
+#: above 'chunked': 'auto' takes it wherever it can run (CUDA; CPU only when interpreted)
+PRIORITY = 20
 
 
 # ----------------------------------------------------------------------------------------
-# Kernels: plain functions, wrapped with ``triton.jit`` below only when triton is importable.
+# Kernels (``_jit`` is ``triton.jit`` when triton is importable). The index arithmetic lives
+# in the jit helpers below, which each kernel calls.
 # ----------------------------------------------------------------------------------------
 
+def _jit(fn: Any) -> Any:
+    return triton.jit(fn) if HAS_TRITON else fn
+
+
+@_jit
+def _program(rows, cols, NUM_HEADS: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's block of a (rows, cols) grid, flattened: (flat indices, their mask,
+    row and column indices, batch index, head)."""
+    pid_bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return (offs, offs < rows * cols, offs // cols, offs % cols,
+            (pid_bh // NUM_HEADS).to(tl.int64), pid_bh % NUM_HEADS)
+
+
+@_jit
+def _window_pixel(b, i, j, k, valid, height, width, head, NUM_HEADS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, K: tl.constexpr, PADDING: tl.constexpr,
+                  STRIDE: tl.constexpr):
+    """pos(n, k) of grid cell n = (i, j) at window offset k, as (offset of its head's channels
+    in a (B, H, W, C) tensor, mask: valid and inside the image)."""
+    py = i * STRIDE - PADDING + k // K
+    px = j * STRIDE - PADDING + k % K
+    inside = valid & (py >= 0) & (py < height) & (px >= 0) & (px < width)
+    return ((b * height + py) * width + px) * (NUM_HEADS * HEAD_DIM) + head * HEAD_DIM, inside
+
+
+@_jit
+def _covering_cell(y, x, ki, kj, valid, grid_h, grid_w, PADDING: tl.constexpr,
+                   STRIDE: tl.constexpr):
+    """Grid cell (i, j) whose window offset (ki, kj) lands on pixel (y, x), i.e.
+    i*S - P + ki == y (floor-div only on non-negative numbers), and the mask of pixels that
+    have one."""
+    ty = y + PADDING - ki
+    ty_pos = tl.where(ty >= 0, ty, 0)
+    i = ty_pos // STRIDE
+    tx = x + PADDING - kj
+    tx_pos = tl.where(tx >= 0, tx, 0)
+    j = tx_pos // STRIDE
+    ok = (valid & (ty >= 0) & (ty_pos % STRIDE == 0) & (i < grid_h)
+          & (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w))
+    return i, j, ok
+
+
+@_jit
+def _load_rows(ptr, offset, ok, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """(BLOCK, D_PAD) fp32 tile of one head's channels at ``offset`` (zeros where masked)."""
+    offs_d = tl.arange(0, D_PAD)
+    mask = ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(ptr + offset[:, None] + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@_jit
+def _store_pixels(ptr, acc, b, offs_p, mask_p, height, width, head, NUM_HEADS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """Store the (BLOCK, D_PAD) tile ``acc`` at pixels ``offs_p`` of one head, (B, H, W, C)."""
+    offs_d = tl.arange(0, D_PAD)
+    offset = (b * height * width + offs_p) * (NUM_HEADS * HEAD_DIM) + head * HEAD_DIM
+    tl.store(ptr + offset[:, None] + offs_d[None, :], acc.to(ptr.dtype.element_ty),
+             mask=mask_p[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@_jit
 def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
                 NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 K: tl.constexpr, KK_PAD: tl.constexpr, PADDING: tl.constexpr,
                 STRIDE: tl.constexpr, BLOCK: tl.constexpr):
     """out[p] = sum over the K*K cells n covering p of sum_k_in A[n, k_o, k_in] V[pos(n, k_in)]."""
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NUM_HEADS).to(tl.int64)
-    head = pid_bh % NUM_HEADS
-    channels = NUM_HEADS * HEAD_DIM
+    offs_p, mask_p, y, x, b, head = _program(height, width, NUM_HEADS, BLOCK)
     kk = K * K
-    offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
-    mask_p = offs_p < height * width
-    y = offs_p // width
-    x = offs_p % width
-    offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < HEAD_DIM
     offs_k = tl.arange(0, KK_PAD)
     mask_k = offs_k < kk
     acc = tl.full((BLOCK, D_PAD), 0.0, tl.float32)
     for ki in tl.static_range(K):
-        # grid row i with i*S - P + ki == y (floor-div only on non-negative numbers)
-        ty = y + PADDING - ki
-        ty_pos = tl.where(ty >= 0, ty, 0)
-        i = ty_pos // STRIDE
-        ok_i = (ty >= 0) & (ty_pos % STRIDE == 0) & (i < grid_h)
         for kj in tl.static_range(K):
-            tx = x + PADDING - kj
-            tx_pos = tl.where(tx >= 0, tx, 0)
-            j = tx_pos // STRIDE
-            ok = mask_p & ok_i & (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
+            i, j, ok = _covering_cell(y, x, ki, kj, mask_p, grid_h, grid_w, PADDING, STRIDE)
             cell = (b * grid_h + i) * grid_w + j
             row_base = cell * (NUM_HEADS * kk * kk) + (head * kk + ki * K + kj) * kk
             # softmax statistics of row (n, k_o) over k_in
@@ -107,39 +159,24 @@ def _fwd_kernel(v_ptr, logits_ptr, out_ptr, height, width, grid_h, grid_w,
             den = tl.sum(tl.exp(row - row_max[:, None]), axis=1)
             den = tl.where(ok, den, 1.0)
             for k_in in range(kk):
-                vy = i * STRIDE - PADDING + k_in // K
-                vx = j * STRIDE - PADDING + k_in % K
-                ok_v = ok & (vy >= 0) & (vy < height) & (vx >= 0) & (vx < width)
+                v_off, ok_v = _window_pixel(b, i, j, k_in, ok, height, width, head, NUM_HEADS,
+                                            HEAD_DIM, K, PADDING, STRIDE)
                 logit = tl.load(logits_ptr + row_base + k_in, mask=ok, other=float('-inf'))
                 attn = tl.exp(logit.to(tl.float32) - row_max) / den
-                v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
-                vals = tl.load(v_ptr + v_off[:, None] + offs_d[None, :],
-                               mask=ok_v[:, None] & mask_d[None, :], other=0.0)
-                acc += attn[:, None] * vals.to(tl.float32)
-    out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
-               + offs_d[None, :])
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
-             mask=mask_p[:, None] & mask_d[None, :])
+                acc += attn[:, None] * _load_rows(v_ptr, v_off, ok_v, HEAD_DIM, D_PAD)
+    _store_pixels(out_ptr, acc, b, offs_p, mask_p, height, width, head, NUM_HEADS, HEAD_DIM,
+                  D_PAD)
 
 
+@_jit
 def _bwd_logits_kernel(v_ptr, logits_ptr, gout_ptr, glogits_ptr, lse_ptr, height, width,
                        grid_h, grid_w, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                        D_PAD: tl.constexpr, K: tl.constexpr, KK_PAD: tl.constexpr,
                        PADDING: tl.constexpr, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
     """glogits[n, k_o, :] = A * (gA - sum(gA * A)), gA[k_in] = grad_out[pos(n,k_o)].V[pos(n,k_in)];
     also writes lse[n, k_o] = logsumexp_k_in logits[n, k_o, k_in] for the values kernel."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NUM_HEADS).to(tl.int64)
-    head = pid_bh % NUM_HEADS
-    channels = NUM_HEADS * HEAD_DIM
+    offs_n, mask_n, i, j, b, head = _program(grid_h, grid_w, NUM_HEADS, BLOCK)
     kk = K * K
-    offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask_n = offs_n < grid_h * grid_w
-    i = offs_n // grid_w
-    j = offs_n % grid_w
-    offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < HEAD_DIM
     offs_k = tl.arange(0, KK_PAD)
     mask_k = offs_k < kk
     cell = b * grid_h * grid_w + offs_n
@@ -147,21 +184,14 @@ def _bwd_logits_kernel(v_ptr, logits_ptr, gout_ptr, glogits_ptr, lse_ptr, height
     lse_base = (cell * NUM_HEADS + head) * kk
     row_mask = mask_n[:, None] & mask_k[None, :]
     for k_out in range(kk):
-        gy_y = i * STRIDE - PADDING + k_out // K
-        gy_x = j * STRIDE - PADDING + k_out % K
-        ok_g = mask_n & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
-        g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
-        gy = tl.load(gout_ptr + g_off[:, None] + offs_d[None, :],
-                     mask=ok_g[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        g_off, ok_g = _window_pixel(b, i, j, k_out, mask_n, height, width, head, NUM_HEADS,
+                                    HEAD_DIM, K, PADDING, STRIDE)
+        gy = _load_rows(gout_ptr, g_off, ok_g, HEAD_DIM, D_PAD)
         grad_attn = tl.full((BLOCK, KK_PAD), 0.0, tl.float32)
         for k_in in range(kk):
-            vy = i * STRIDE - PADDING + k_in // K
-            vx = j * STRIDE - PADDING + k_in % K
-            ok_v = mask_n & (vy >= 0) & (vy < height) & (vx >= 0) & (vx < width)
-            v_off = ((b * height + vy) * width + vx) * channels + head * HEAD_DIM
-            vals = tl.load(v_ptr + v_off[:, None] + offs_d[None, :],
-                           mask=ok_v[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            dot = tl.sum(gy * vals, axis=1)
+            v_off, ok_v = _window_pixel(b, i, j, k_in, mask_n, height, width, head, NUM_HEADS,
+                                        HEAD_DIM, K, PADDING, STRIDE)
+            dot = tl.sum(gy * _load_rows(v_ptr, v_off, ok_v, HEAD_DIM, D_PAD), axis=1)
             grad_attn = tl.where(offs_k[None, :] == k_in, dot[:, None], grad_attn)
         row_off = head_base + k_out * kk
         row = tl.load(logits_ptr + row_off[:, None] + offs_k[None, :], mask=row_mask,
@@ -177,34 +207,18 @@ def _bwd_logits_kernel(v_ptr, logits_ptr, gout_ptr, glogits_ptr, lse_ptr, height
         tl.store(lse_ptr + lse_base + k_out, row_max + tl.log(den), mask=mask_n)
 
 
+@_jit
 def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, grid_h, grid_w,
                        NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                        K: tl.constexpr, KK_PAD: tl.constexpr, PADDING: tl.constexpr,
                        STRIDE: tl.constexpr, BLOCK: tl.constexpr):
     """gv[q] = sum over cells n with pos(n, k_in) = q of sum_k_o A[n, k_o, k_in] gY[n, k_o]."""
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NUM_HEADS).to(tl.int64)
-    head = pid_bh % NUM_HEADS
-    channels = NUM_HEADS * HEAD_DIM
+    offs_p, mask_p, y, x, b, head = _program(height, width, NUM_HEADS, BLOCK)
     kk = K * K
-    offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
-    mask_p = offs_p < height * width
-    y = offs_p // width
-    x = offs_p % width
-    offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < HEAD_DIM
     acc = tl.full((BLOCK, D_PAD), 0.0, tl.float32)
     for ki in tl.static_range(K):
-        ty = y + PADDING - ki
-        ty_pos = tl.where(ty >= 0, ty, 0)
-        i = ty_pos // STRIDE
-        ok_i = (ty >= 0) & (ty_pos % STRIDE == 0) & (i < grid_h)
         for kj in tl.static_range(K):
-            tx = x + PADDING - kj
-            tx_pos = tl.where(tx >= 0, tx, 0)
-            j = tx_pos // STRIDE
-            ok = mask_p & ok_i & (tx >= 0) & (tx_pos % STRIDE == 0) & (j < grid_w)
+            i, j, ok = _covering_cell(y, x, ki, kj, mask_p, grid_h, grid_w, PADDING, STRIDE)
             cell = (b * grid_h + i) * grid_w + j
             col_base = cell * (NUM_HEADS * kk * kk) + head * kk * kk + ki * K + kj
             lse_base = (cell * NUM_HEADS + head) * kk
@@ -213,33 +227,20 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
                                 other=float('-inf')).to(tl.float32)
                 lse = tl.load(lse_ptr + lse_base + k_out, mask=ok, other=0.0)
                 attn = tl.exp(logit - lse)
-                gy_y = i * STRIDE - PADDING + k_out // K
-                gy_x = j * STRIDE - PADDING + k_out % K
-                ok_g = ok & (gy_y >= 0) & (gy_y < height) & (gy_x >= 0) & (gy_x < width)
-                g_off = ((b * height + gy_y) * width + gy_x) * channels + head * HEAD_DIM
-                gy = tl.load(gout_ptr + g_off[:, None] + offs_d[None, :],
-                             mask=ok_g[:, None] & mask_d[None, :], other=0.0)
-                acc += attn[:, None] * gy.to(tl.float32)
-    out_off = (((b * height * width + offs_p) * channels + head * HEAD_DIM)[:, None]
-               + offs_d[None, :])
-    tl.store(gv_ptr + out_off, acc.to(gv_ptr.dtype.element_ty),
-             mask=mask_p[:, None] & mask_d[None, :])
+                g_off, ok_g = _window_pixel(b, i, j, k_out, ok, height, width, head, NUM_HEADS,
+                                            HEAD_DIM, K, PADDING, STRIDE)
+                acc += attn[:, None] * _load_rows(gout_ptr, g_off, ok_g, HEAD_DIM, D_PAD)
+    _store_pixels(gv_ptr, acc, b, offs_p, mask_p, height, width, head, NUM_HEADS, HEAD_DIM,
+                  D_PAD)
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
 
-if HAS_TRITON:
-    _FWD = triton.jit(_fwd_kernel)
-    _BWD_LOGITS = triton.jit(_bwd_logits_kernel)
-    _BWD_VALUES = triton.jit(_bwd_values_kernel)
-    # True when TRITON_INTERPRET=1 was set before triton was imported: triton.jit then
-    # returns interpreted kernels, which run on CPU tensors.
-    INTERPRETED = not isinstance(_FWD, triton.runtime.JITFunction)
-else:  # pragma: no cover
-    _FWD = _BWD_LOGITS = _BWD_VALUES = None
-    INTERPRETED = False
+# True when TRITON_INTERPRET=1 was set before triton was imported: triton.jit then returns
+# interpreted kernels, which run on CPU tensors.
+INTERPRETED = HAS_TRITON and not isinstance(_fwd_kernel, triton.runtime.JITFunction)
 
 
 def _block() -> int:
@@ -282,14 +283,19 @@ def triton_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel
     out = torch.empty_like(v)
     meta = _meta(v, num_heads, kernel_size, padding, stride)
     grid = (triton.cdiv(height * width, _block()), batch * num_heads)
-    _launch(_FWD, grid, v.device, v, logits, out, height, width, h, w, **meta)
+    _launch(_fwd_kernel, grid, v.device, v, logits, out, height, width, h, w, **meta)
     return out
 
 
 def triton_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
-                    num_heads: int, kernel_size: int, padding: int,
-                    stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launch both backward kernels -> (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4))."""
+                    num_heads: int, kernel_size: int, padding: int, stride: int,
+                    need_v: bool = True,
+                    need_logits: bool = True) -> Tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Launch the backward kernels -> (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4)).
+
+    The logits kernel always runs (it also writes the log-sum-exp the values kernel reads);
+    the values kernel runs only when ``need_v``. Unneeded gradients come back as None.
+    """
     grad_out = grad_out.contiguous()
     v = v.contiguous()
     logits = logits.contiguous()
@@ -300,52 +306,15 @@ def triton_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tenso
     grad_logits = torch.empty_like(logits)
     lse = torch.empty(batch, h, w, num_heads * kk, device=v.device, dtype=torch.float32)
     grid_n = (triton.cdiv(h * w, _block()), batch * num_heads)
-    _launch(_BWD_LOGITS, grid_n, v.device, v, logits, grad_out, grad_logits, lse,
+    _launch(_bwd_logits_kernel, grid_n, v.device, v, logits, grad_out, grad_logits, lse,
             height, width, h, w, **meta)
-    grad_v = torch.empty_like(v)
-    grid_p = (triton.cdiv(height * width, _block()), batch * num_heads)
-    _launch(_BWD_VALUES, grid_p, v.device, logits, lse, grad_out, grad_v,
-            height, width, h, w, **meta)
-    return grad_v, grad_logits
-
-
-# ----------------------------------------------------------------------------------------
-# torch.library custom ops + autograd
-# ----------------------------------------------------------------------------------------
-
-if HAS_TRITON:
-
-    @torch.library.custom_op('mmvolo::outlook_fwd', mutates_args=())
-    def _outlook_fwd_op(v: torch.Tensor, logits: torch.Tensor, num_heads: int,
-                        kernel_size: int, padding: int, stride: int) -> torch.Tensor:
-        return triton_forward(v, logits, num_heads, kernel_size, padding, stride)
-
-    @_outlook_fwd_op.register_fake
-    def _(v, logits, num_heads, kernel_size, padding, stride):
-        return torch.empty_like(v, memory_format=torch.contiguous_format)
-
-    @torch.library.custom_op('mmvolo::outlook_bwd', mutates_args=())
-    def _outlook_bwd_op(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
-                        num_heads: int, kernel_size: int, padding: int,
-                        stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        return triton_backward(grad_out, v, logits, num_heads, kernel_size, padding, stride)
-
-    @_outlook_bwd_op.register_fake
-    def _(grad_out, v, logits, num_heads, kernel_size, padding, stride):
-        return (torch.empty_like(v, memory_format=torch.contiguous_format),
-                torch.empty_like(logits, memory_format=torch.contiguous_format))
-
-    def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        v, logits, *params = inputs
-        ctx.save_for_backward(v, logits)
-        ctx.params = tuple(params)
-
-    def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        v, logits = ctx.saved_tensors
-        grad_v, grad_logits = _outlook_bwd_op(grad_out, v, logits, *ctx.params)
-        return grad_v, grad_logits, None, None, None, None
-
-    _outlook_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+    grad_v = None
+    if need_v:
+        grad_v = torch.empty_like(v)
+        grid_p = (triton.cdiv(height * width, _block()), batch * num_heads)
+        _launch(_bwd_values_kernel, grid_p, v.device, logits, lse, grad_out, grad_v,
+                height, width, h, w, **meta)
+    return grad_v, (grad_logits if need_logits else None)
 
 
 def outlook_attention_triton(v: torch.Tensor, logits: torch.Tensor, num_heads: int,
@@ -362,18 +331,25 @@ def outlook_attention_triton(v: torch.Tensor, logits: torch.Tensor, num_heads: i
         (B, H, W, C) in ``v.dtype``.
     """
     if not HAS_TRITON:
-        raise RuntimeError('outlook_attention_triton needs the triton package')
-    return _outlook_fwd_op(v, logits, num_heads, kernel_size, padding, stride)
+        raise RuntimeError(f'outlook_attention_triton: {TRITON_MISSING}')
+    return _triton_op(v, logits, num_heads, kernel_size, padding, stride)
 
 
-def triton_supports(v: torch.Tensor, logits: torch.Tensor) -> bool:
-    """Whether the 'triton' impl should run on these tensors (else the dispatcher falls back)."""
-    if not HAS_TRITON or v.device != logits.device:
-        return False
+def triton_supports(v: torch.Tensor, logits: torch.Tensor) -> str | None:
+    """None when the 'triton' impl can run on these tensors, else why not."""
+    if v.device != logits.device:
+        return 'v and logits are on different devices'
     if v.dtype not in SUPPORTED_DTYPES or logits.dtype not in SUPPORTED_DTYPES:
-        return False
-    return v.is_cuda or INTERPRETED
+        return (f'dtypes {v.dtype} / {logits.dtype} (the kernels take float32, float16 and '
+                'bfloat16)')
+    if not (v.is_cuda or INTERPRETED):
+        return (f'{v.device.type} tensors (the kernels run on CUDA, or on CPU with '
+                'TRITON_INTERPRET=1 set before triton is imported)')
+    return None
 
 
 if HAS_TRITON:
-    register_outlook_impl('triton', supports=triton_supports)(outlook_attention_triton)
+    _triton_op = define_outlook_op('mmvolo::outlook', triton_forward, triton_backward)
+    register_outlook_impl('triton', triton_supports, PRIORITY)(outlook_attention_triton)
+else:  # pragma: no cover - exercised only without triton
+    register_unavailable_impl('triton', TRITON_MISSING, PRIORITY)

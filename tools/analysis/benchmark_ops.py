@@ -2,8 +2,10 @@
 
 Every selected implementation runs side by side in the same process on the same inputs:
 
-* ``reference``, ``chunked``, ``triton`` (CUDA only): the registered implementations of
-  :func:`mmvolo.ops.outlook_attention`;
+* the registered implementations of :func:`mmvolo.ops.outlook_attention`
+  (:func:`mmvolo.ops.known_impls`: ``reference``, ``chunked``, ``triton``, ...), each only
+  where it can run on the benchmark's tensors (e.g. ``triton`` only on CUDA): an impl that
+  cannot would fall back to another one, which is not worth a row;
 * ``timm`` (when timm is installed): ``timm.models.volo.OutlookAttention.forward`` itself,
   with its ``v`` and ``proj`` linears replaced by identities, its ``attn`` linear replaced by
   a module returning the given logits and ``scale`` set to 1, so it computes the same op (its
@@ -43,7 +45,7 @@ from torch import nn
 
 from mmvolo.apis import UsageError, run_tool
 from mmvolo.apis.arguments import ToolArgumentParser
-from mmvolo.ops import available_impls, outlook_attention
+from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
 
 VARIANTS = {'d1': (192, 6), 'd2': (256, 8), 'd3': (256, 8), 'd4': (384, 12), 'd5': (384, 12)}
 SIZES = {'512x512': (512, 512), '1024x2048': (1024, 2048)}
@@ -90,18 +92,16 @@ def impl_op(name: str) -> OpFn:
     return run
 
 
-def make_ops(impls: List[str], channels: int, heads: int, device: torch.device) -> Dict[str,
-                                                                                         OpFn]:
-    """name -> op for every requested implementation that can run here."""
+def make_ops(impls: List[str], channels: int, heads: int, v: torch.Tensor,
+             logits: torch.Tensor) -> Dict[str, OpFn]:
+    """name -> op for every requested implementation that can run on ``v`` and ``logits``."""
     ops = {}
     for name in impls:
         if name == 'timm':
             op = timm_op(channels, heads)
             if op is not None:
                 ops[name] = op
-        elif name == 'triton' and device.type != 'cuda':
-            continue  # CPU would silently fall back to another impl; not worth a row
-        elif name in available_impls():
+        elif unsupported_reason(name, v, logits) is None:
             ops[name] = impl_op(name)
     return ops
 
@@ -194,9 +194,9 @@ def run(args: argparse.Namespace) -> List[dict]:
     for size in args.sizes:
         img_h, img_w = SIZES[size]
         for (channels, heads), names in shape_groups(args.variants).items():
-            ops = make_ops(args.impls, channels, heads, device)
             inputs = make_inputs(args.batch, img_h // PATCH, img_w // PATCH, channels, heads,
                                  dtype, device)
+            ops = make_ops(args.impls, channels, heads, *inputs[:2])
             fwd = time_round_robin(ops, _fwd, inputs, args.warmup, args.repeats, device)
             fwdbwd = time_round_robin(ops, _fwdbwd, inputs, args.warmup, args.repeats, device)
             for name, op in ops.items():
@@ -243,8 +243,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
                         choices=list(VARIANTS))
     parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
-    parser.add_argument('--impls', nargs='+',
-                        default=['reference', 'timm', 'chunked', 'triton'])
+    parser.add_argument('--impls', nargs='+', default=[
+        'reference', *EXTRA_IMPLS, *(name for name in known_impls() if name != 'reference')])
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads for CPU runs (default: torch default)')
     parser.add_argument('--json', default=None, help='write the records to this path')
@@ -289,7 +289,7 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def check_impls(impls: List[str]) -> None:
     """Require known implementation names (registered ones and timm)."""
-    known = [*available_impls(), 'triton', *EXTRA_IMPLS]
+    known = [*known_impls(), *EXTRA_IMPLS]
     unknown = [name for name in impls if name not in known]
     if unknown:
         raise UsageError(f'--impls: unknown implementation {", ".join(unknown)}; choose from '
