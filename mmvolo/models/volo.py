@@ -142,13 +142,18 @@ class VOLO(BaseModule):
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Images (B, in_channels, H, W) -> tuple of NCHW maps (see the class docstring)."""
+        """Images (B, in_channels, H, W) -> tuple of NCHW-contiguous maps (class docstring).
+
+        Every output is NCHW-contiguous: the token layout is channels-last, so the maps would
+        otherwise be permuted (and cropped) views, which kernels that read memory as NCHW
+        (compiled mmcv/mmdet ops, ``view``) misread or reject.
+        """
         height, width = self._check_input(x)
         groups = self.forward_groups(_pad_to_multiple(x, POS_EMBED_STRIDE))
         if not self.feature_pyramid:
-            return tuple(_crop(groups[i], height, width, GROUP_STRIDES[i])
+            return tuple(_crop(groups[i], height, width, GROUP_STRIDES[i]).contiguous()
                          for i in self.out_indices)
-        return tuple(self._pyramid_level(level, groups, height, width)
+        return tuple(self._pyramid_level(level, groups, height, width).contiguous()
                      for level in self.out_indices)
 
     def forward_groups(self, x: torch.Tensor) -> dict[int, torch.Tensor]:

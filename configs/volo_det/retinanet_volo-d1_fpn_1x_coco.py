@@ -1,0 +1,32 @@
+# RetinaNet + FPN with a VOLO-D1 backbone on COCO, 1x schedule (12 epochs), 8 GPUs x 2 images.
+# Inherits mmdet's own RetinaNet R-50 config; only the backbone, the FPN input channels and the
+# optimizer differ. Pretrained weights: convert the official ImageNet checkpoint first:
+#   python tools/model_converters/volo2mmseg.py d1_224_84.2.pth.tar pretrained/volo_d1_224.pth
+# Runs on mmcv-lite: mmvolo.runtime backs nms and RoIAlign with torchvision (docs/detection.md).
+_base_ = [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    '../_base_/schedules/volo_adamw_layer_decay.py',
+]
+
+# mmvolo.runtime: the stack fixes (explicit; `import mmvolo` only registers).
+custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo'], allow_failed_imports=False)
+
+checkpoint_file = 'pretrained/volo_d1_224.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='VOLO',
+        arch='d1',
+        # pos_embed keeps the checkpoint's 14x14 grid; it is resized to each batch's grid.
+        img_size=224,
+        out_indices=(0, 1, 2, 3),
+        feature_pyramid=True,
+        drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    # VOLO-D1 pyramid channels (C0, C0, C, C) at strides 4, 8, 16, 32 (VOLO.out_channels).
+    neck=dict(in_channels=[192, 192, 384, 384]))
+
+optim_wrapper = {{_base_.volo_optim_wrapper}}
+
+# mmvolo's CheckpointHook: files appear whole or not at all (same arguments)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
