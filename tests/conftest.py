@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+import mmvolo.runtime  # noqa: F401  (tests build mmseg models, as the tools do: stack fixes)
+
 os.environ.setdefault('MMVOLO_OUTLOOK_IMPL', 'auto')
 
 #: A VOLO small enough for fast CPU tests (same structure as D1).

@@ -12,6 +12,7 @@ import pytest
 from tool_helpers import REPO, make_tiny_data, tool_env, write_tiny_config
 
 from mmvolo.checkpoint import load_checkpoint_file
+from mmvolo.stack import provider
 
 
 def mmseg_tool(name: str) -> Path:
@@ -25,7 +26,14 @@ def run_mmseg(tool: str, *args: object, cwd: Path) -> subprocess.CompletedProces
                           timeout=300)
 
 
+ONEDL_SCOPE_BUG = ("onedl-mmengine maps 'mmseg::' to 'mmsegmentation', absent on onedl, and "
+                   "mmseg's tools parse the config before any plugin runs (docs: README, Two "
+                   'stacks); mmvolo\'s own tools are the entry point there')
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(getattr(provider('mmseg'), 'distribution', '') == 'onedl-mmsegmentation',
+                    reason=ONEDL_SCOPE_BUG)
 def test_mmseg_train_resume_and_test_with_an_mmvolo_config(tmp_path):
     if not mmseg_tool('train.py').is_file():
         pytest.skip('this mmseg install ships no tools under .mim')

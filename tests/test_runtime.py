@@ -1,5 +1,6 @@
 """mmvolo.runtime: one test per stack fix (each fails without it), and the guest rule:
 ``import mmvolo`` changes nothing in the host, importing ``mmvolo.runtime`` applies the fixes."""
+import json
 import os
 import socket
 import subprocess
@@ -90,6 +91,42 @@ def test_importing_the_runtime_is_what_applies_the_fixes():
     assert "'warning_filters'" in changed
     if MMCV_LITE:
         assert "'mmcv._ext'" in changed
+
+
+def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool) -> set[str]:
+    """The import-time fixes each stack needs, and nothing else."""
+    fixes = {'quiet-warnings', 'quiet-log-records', 'weights-only-checkpoint-loader'}
+    if stack == 'openmmlab' and not compiled_ops:
+        fixes |= {'mmcv-ext-standin', 'torchvision-mmcv-ops'}
+    if stack == 'onedl':
+        fixes |= {'mmseg-config-scope'} | (set() if onedl_package else {'quiet-onedl-notice'})
+    return fixes
+
+
+def test_the_active_stack_gets_exactly_its_fixes():
+    code = ('import importlib.util, json\n'
+            'from mmvolo.stack import active_stack\n'
+            'from mmvolo.runtime.mmcv_ext import has_compiled_mmcv_ops\n'
+            'ops = has_compiled_mmcv_ops()\n'
+            'import mmvolo.runtime as runtime\n'
+            'print(json.dumps([active_stack(), ops, importlib.util.find_spec("onedl") is not None,'
+            ' sorted(runtime.ACTIVE_FIXES)]))\n')
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    stack, ops, onedl_package, active = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(active) == expected_fixes(stack, ops, onedl_package)
+
+
+def test_config_bases_resolve_and_import_is_silent_on_this_stack():
+    """``mmseg::`` bases load (onedl needs the scope fix) and nothing is printed."""
+    code = ('import mmvolo.runtime\n'
+            'from mmengine.config import Config\n'
+            "cfg = Config.fromfile('configs/volo/volo-d1_upernet_8xb2-160k_ade20k-512x512.py')\n"
+            "assert cfg.model.decode_head.type == 'UPerHead'\n"
+            'import mmseg.datasets, mmseg.models\n')
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == '' and result.stderr == ''
 
 
 def test_runtime_makes_config_load_quiet():

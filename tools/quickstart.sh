@@ -9,15 +9,16 @@
 # 4. tests the final checkpoint (mIoU on the validation split),
 # 5. paints prediction overlays of the validation images,
 # and prints where everything went. A few minutes on a 2-core CPU; uses a GPU if present.
-# Environment: MMVOLO_VENV (venv path), QUICKSTART_WORK_DIR (default work_dirs/quickstart).
+# Environment: MMVOLO_STACK (openmmlab | onedl), MMVOLO_VENV (venv path),
+# QUICKSTART_WORK_DIR (default work_dirs/quickstart).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 config=configs/volo/volo-toy_upernet_1xb4-400iter_toy-64x64.py
 data=work_dirs/toy_data
 work="${QUICKSTART_WORK_DIR:-work_dirs/quickstart}"
-venv="${MMVOLO_VENV:-$root/.venv}"
-py="$venv/bin/python"
+# shellcheck source=tools/stack_env.sh
+source "$root/tools/stack_env.sh"  # MMVOLO_STACK=onedl for the onedl forks
 # one thread per process: faster than oversubscribing a small CPU (ignored on GPU)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Set up the environment (tools/setup_env.sh) and run the whole test suite on CPU.
+#   bash tools/run_tests.sh                      # upstream OpenMMLab stack (.venv)
+#   MMVOLO_STACK=onedl bash tools/run_tests.sh   # the onedl forks (.venv-onedl)
 # Extra arguments go to pytest, e.g. `bash tools/run_tests.sh -k outlook`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/tools/setup_env.sh"
-venv="${MMVOLO_VENV:-$root/.venv}"
+# shellcheck source=tools/stack_env.sh
+source "$root/tools/stack_env.sh"
 cd "$root"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+echo "[mmvolo] testing on the $stack stack ($venv)"
+exec "$py" -m pytest -q -p no:cacheprovider tests "$@"

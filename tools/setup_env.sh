@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install mmvolo into it, editable.
 #
-#   bash tools/setup_env.sh            # venv in ./.venv (override with MMVOLO_VENV=path)
+#   bash tools/setup_env.sh                      # upstream OpenMMLab in ./.venv
+#   MMVOLO_STACK=onedl bash tools/setup_env.sh   # the maintained onedl forks in ./.venv-onedl
 #
+# MMVOLO_VENV=path overrides the venv. A venv that already holds one stack keeps it: asking
+# for the other there is refused (the two stacks own the same import folders).
 # torch: if the venv has no torch yet, installs $MMVOLO_TORCH_SPEC (default: torch 2.14.1 +
 # torchvision 0.29.1, which pip takes from this project's build machines' local wheel cache).
-# Bring your own torch by installing it into the venv first (or pointing MMVOLO_VENV at an
-# environment that has one): an importable torch is never replaced.
-# mmcv: a full mmcv (with compiled ops) already present is kept; otherwise mmcv-lite is installed.
-# All version pins live in setup.cfg.
+# Bring your own torch by installing it into the venv first: an importable torch is never
+# replaced.
+# mmcv (upstream stack): a full mmcv (with compiled ops) already present is kept; otherwise
+# mmcv-lite is installed. All version pins live in setup.cfg, per stack.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${MMVOLO_VENV:-$root/.venv}"
+# shellcheck source=tools/stack_env.sh
+source "$root/tools/stack_env.sh"
 torch_spec="${MMVOLO_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-py="$venv/bin/python"
 stamp="$venv/.mmvolo-installed"
 
 if [ ! -x "$py" ]; then
   echo "[mmvolo] creating virtual environment in $venv"
   python3 -m venv "$venv"
+fi
+held="$(venv_stack)"
+if [ "$held" != none ] && [ "$held" != "$stack" ]; then
+  echo "error: $venv holds the $held stack; MMVOLO_STACK=$stack would install the other on top" \
+       "(a broken environment): use MMVOLO_STACK=$held, or another MMVOLO_VENV" >&2
+  exit 2
 fi
 log="$venv/install.log"
 pip_install() {  # quiet pip; the full output goes to $log and is shown only on failure
@@ -29,24 +38,31 @@ pip_install() {  # quiet pip; the full output goes to $log and is shown only on 
   fi
 }
 
-want="$(cat "$root/setup.cfg")$torch_spec"
+want="$stack$(cat "$root/setup.cfg")$torch_spec"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmvolo" 2>/dev/null; then
-  echo "[mmvolo] environment up to date: $venv"
+  echo "[mmvolo] environment up to date: $venv ($stack stack)"
   exit 0
 fi
 
-pip_install --upgrade pip 'setuptools<82' wheel
+pip_install --upgrade pip wheel
 if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   echo "[mmvolo] installing $torch_spec"
   # shellcheck disable=SC2086
   pip_install $torch_spec
 fi
-extras="test"
-if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
-  extras="lite,$extras"
+if [ "$stack" = onedl ]; then
+  pip_install --upgrade setuptools  # builds the editable install (onedl needs no pin)
+  extras="onedl,cls-onedl,test"
+else
+  pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
+  extras="openmmlab,cls,test"
+  if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
+    extras="lite,$extras"
+  fi
 fi
-echo "[mmvolo] installing mmvolo[$extras] (editable) and its pinned dependencies"
+echo "[mmvolo] installing mmvolo[$extras] (editable) and its pinned dependencies ($stack stack)"
 pip_install --no-build-isolation -e "$root[$extras]"
-"$py" -c "import mmvolo" || { echo "[mmvolo] install failed: 'import mmvolo' does not work in $venv" >&2; exit 1; }
+"$py" -c "import mmvolo.runtime" || {
+  echo "[mmvolo] install failed: 'import mmvolo.runtime' does not work in $venv" >&2; exit 1; }
 printf '%s' "$want" > "$stamp"
-echo "[mmvolo] environment ready: $venv"
+echo "[mmvolo] environment ready: $venv ($stack stack)"

@@ -19,6 +19,7 @@ from ..checkpoint import (
 from ..models.arch_zoo import resolve_arch
 from ..models.volo import VOLO_ARG_CHECKS, validate_volo_arg
 from ..models.weights import describe_state_dict, extract_state_dict, is_volo_state_dict
+from ..utils.config import ConfigError, build_model_for_analysis, load_config_file
 
 #: Top-level keys each kind of run needs.
 REQUIRED_KEYS = {
@@ -44,16 +45,14 @@ class UsageError(Exception):
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
     """Read a config file and merge ``--cfg-options``; unreadable input is a UsageError."""
-    if not os.path.isfile(path):
-        raise UsageError(f'config {path} not found')
     try:
-        cfg = Config.fromfile(path)
-    except Exception as error:  # noqa: BLE001 - any parse/import failure is the user's file
-        raise UsageError(f'cannot read config {path}: {first_line(error, 300)}') from None
+        cfg = load_config_file(path)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
     if cfg_options:
         try:
             cfg.merge_from_dict(cfg_options)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - any merge failure is the user's option
             raise UsageError(f'bad --cfg-options: {first_line(error, 300)}') from None
     return cfg
 
@@ -178,12 +177,7 @@ def check_checkpoint(path: str, cfg: Config, trust: bool = False) -> None:
     """
     if not os.path.isfile(path):
         raise UsageError(f'checkpoint {path} not found')
-    try:
-        checkpoint = load_checkpoint_file(path, trust=trust)
-    except UntrustedCheckpointError as error:
-        raise untrusted_usage_error(error) from None
-    except CheckpointError as error:
-        raise UsageError(str(error), exit_code=1) from None
+    checkpoint = read_checkpoint_for_tool(path, trust)
     state_dict = model_state_dict(checkpoint)
     if not any(key.startswith('decode_head.') for key in state_dict):
         flat, _ = extract_state_dict(checkpoint)
@@ -210,15 +204,8 @@ def _not_a_segmentor(path: str, state_dict: dict) -> str:
 
 
 def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = cfg.model.copy()
-    model_cfg.pop('pretrained', None)
-    if isinstance(model_cfg.get('backbone'), dict):
-        model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
-    model = MODELS.build(model_cfg)
+    """Tensor shapes of the model ``cfg`` builds (built on CPU, nothing loaded)."""
+    model = build_model_for_analysis(cfg.copy(), outlook_impl=None)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -242,6 +229,21 @@ def _compare(path: str, state_dict: dict, expected: dict[str, tuple[int, ...]]) 
     if missing:
         raise UsageError(f'checkpoint {path} lacks {len(missing)} of the model\'s tensors, e.g. '
                          f'{missing[0]} ({describe_state_dict(state_dict)})', exit_code=1)
+
+
+def read_checkpoint_for_tool(path: str, trust: bool = False, what: str = '') -> Any:
+    """:func:`mmvolo.checkpoint.load_checkpoint_file`, its errors worded for the tools.
+
+    Raises:
+        UsageError: exit code 1, one line (``what``, e.g. 'load_from', prefixes it).
+    """
+    prefix = f'{what}: ' if what else ''
+    try:
+        return load_checkpoint_file(path, trust=trust)
+    except UntrustedCheckpointError as error:
+        raise UsageError(prefix + str(untrusted_usage_error(error)), exit_code=1) from None
+    except CheckpointError as error:
+        raise UsageError(f'{prefix}{error}', exit_code=1) from None
 
 
 def untrusted_usage_error(error: UntrustedCheckpointError) -> UsageError:

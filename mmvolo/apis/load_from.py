@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 from mmengine.config import Config
 
-from ..checkpoint import CheckpointError, UntrustedCheckpointError, load_checkpoint_file
 from ..models.weights import describe_state_dict, is_volo_state_dict
-from .checks import UsageError, expected_shapes, model_state_dict, untrusted_usage_error
+from .checks import UsageError, expected_shapes, model_state_dict, read_checkpoint_for_tool
 
 BACKBONE_PREFIX = 'backbone.'
 
@@ -62,12 +61,7 @@ def check_load_from(path: str, cfg: Config, trust: bool = False) -> str:
         UsageError: missing, unreadable or untrusted file, bare backbone weights, or backbone
             tensors missing or of other shapes (exit code 1; one line saying what it is).
     """
-    try:
-        state_dict = model_state_dict(load_checkpoint_file(path, trust=trust))
-    except UntrustedCheckpointError as error:
-        raise untrusted_usage_error(error) from None
-    except CheckpointError as error:
-        raise UsageError(f'load_from: {error}', exit_code=1) from None
+    state_dict = model_state_dict(read_checkpoint_for_tool(path, trust, what='load_from'))
     expected = expected_shapes(cfg)
     plan = plan_load(state_dict, expected)
     backbone_keys = [key for key in expected if key.startswith(BACKBONE_PREFIX)]

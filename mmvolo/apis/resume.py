@@ -15,9 +15,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, UntrustedCheckpointError, load_checkpoint_file
 from ..engine.atomic_checkpoint_hook import LAST_CHECKPOINT_MARKER
-from .checks import UsageError, untrusted_usage_error
+from .checks import UsageError, read_checkpoint_for_tool
 
 #: Checkpoints the Runner writes periodically (``iter_80.pth``, ``epoch_3.pth``).
 PERIODIC_CHECKPOINT = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
@@ -109,11 +108,6 @@ def checkpoint_meta(path: str, trust: bool = False) -> dict[str, Any]:
     Raises:
         UsageError: unreadable or untrusted file (one line).
     """
-    try:
-        checkpoint = load_checkpoint_file(path, trust=trust)
-    except UntrustedCheckpointError as error:
-        raise untrusted_usage_error(error) from None
-    except CheckpointError as error:
-        raise UsageError(str(error), exit_code=1) from None
+    checkpoint = read_checkpoint_for_tool(path, trust)
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     return meta if isinstance(meta, dict) else {}

@@ -119,8 +119,10 @@ def _disc(rng: np.random.Generator, size: int) -> np.ndarray:
     return _draw(size, lambda canvas: cv2.circle(canvas, (cx, cy), radius, 1, -1))
 
 
-def _polygon(rng: np.random.Generator, size: int, corners: int) -> np.ndarray:
+def _polygon(rng: np.random.Generator, size: int, corners: int, scale: float = 1.0
+             ) -> np.ndarray:
     cx, cy, radius = _center_radius(rng, size)
+    radius = radius * scale
     start = rng.uniform(0, 2 * np.pi)
     angles = start + np.arange(corners) * 2 * np.pi / corners
     points = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1)
@@ -143,7 +145,9 @@ def _draw(size: int, paint: Callable[[np.ndarray], object]) -> np.ndarray:
 _SHAPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     'disc': _disc,
     'box': lambda rng, size: _polygon(rng, size, 4),
-    'triangle': lambda rng, size: _polygon(rng, size, 3),
+    # a triangle covers 0.65x the area of a square of the same circumradius: 1.25x the
+    # radius evens that out, else triangles are the rarest class and learned last
+    'triangle': lambda rng, size: _polygon(rng, size, 3, scale=1.25),
     'stripes': lambda rng, size: _polygon(rng, size, 4),
     'checker': _ellipse,
 }

@@ -21,7 +21,10 @@ One submodule per fix family; this package re-exports them.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from .checkpoints import is_trusted_checkpoint, register_checkpoint_loader, trust_checkpoint
+from .config_scope import map_mmseg_config_scope
 from .distributed import (
     _export_mpi_env,
     _export_slurm_env,
@@ -35,29 +38,59 @@ from .mmcv_ext import install_mmcv_ext_standin
 from .noise import (
     UNACTIONABLE_LOG_MESSAGES,
     filter_unactionable_log_records,
+    import_mmseg_datasets_quietly,
     silence_unactionable_warnings,
 )
 
 __all__ = ['UNACTIONABLE_LOG_MESSAGES', 'adapt_cfg_to_cpu', 'apply',
            'filter_unactionable_log_records', 'first_slurm_host', 'harden_runner_cfg',
            'init_cpu_process_group', 'install_mmcv_ext_standin', 'is_trusted_checkpoint',
+           'ACTIVE_FIXES', 'map_mmseg_config_scope',
            'register_checkpoint_loader', 'shutdown_process_group',
            'silence_unactionable_warnings', 'trust_checkpoint', '_export_mpi_env',
            '_export_slurm_env']
 
+#: The import-time fixes in force in this process: name -> why this stack needs it.
+ACTIVE_FIXES: dict[str, str] = {}
 _applied = False
 
 
+def _activate(name: str, reason: str, fix: Callable[[], bool | None]) -> bool:
+    applied = fix() is not False  # a fix returns False when its stack does not need it
+    if applied:
+        ACTIVE_FIXES[name] = reason
+    return applied
+
+
+def _install_torchvision_ops() -> bool:
+    from .mmcv_ops import install_torchvision_ops
+    return bool(install_torchvision_ops())
+
+
 def apply() -> None:
-    """The fixes importing this package applies (before mmseg is imported); idempotent."""
+    """The fixes importing this package applies (before mmseg is imported); idempotent.
+
+    Each fix checks whether the installed stack needs it; :data:`ACTIVE_FIXES` records the
+    ones applied and why (``python -m mmvolo.env`` prints them).
+    """
     global _applied
     if _applied:
         return
-    silence_unactionable_warnings()
-    filter_unactionable_log_records()
-    install_mmcv_ext_standin()
-    register_checkpoint_loader()
+    _activate('quiet-warnings', 'warnings nobody can act on (pkg_resources, deprecations '
+              "raised inside mmseg's own code)", silence_unactionable_warnings)
+    _activate('quiet-log-records', "mmengine's FileClient/metric-prefix log records",
+              filter_unactionable_log_records)
+    if _activate('mmcv-ext-standin', 'mmcv has no compiled ops and upstream mmsegmentation / '
+                 'mmdet import mmcv.ops unguarded', install_mmcv_ext_standin):
+        _activate('torchvision-mmcv-ops', 'no compiled mmcv ops: nms and roi_align for '
+                  'detection come from torchvision', _install_torchvision_ops)
+    _activate('mmseg-config-scope', "mmengine maps 'mmseg::' to the distribution "
+              "'mmsegmentation', which this stack does not have", map_mmseg_config_scope)
+    _activate('quiet-onedl-notice', 'onedl-mmsegmentation prints "Could not import OneDL" '
+              'twice without the optional onedl package', import_mmseg_datasets_quietly)
+    _activate('weights-only-checkpoint-loader', "mmengine's local checkpoint loader unpickles "
+              'with trust (onedl) or cannot resume its own checkpoints (torch >= 2.6)',
+              register_checkpoint_loader)
     _applied = True
-
 
 apply()

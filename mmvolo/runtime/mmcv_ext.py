@@ -1,4 +1,4 @@
-"""mmcv-lite has no compiled ops, but mmseg imports ``mmcv.ops`` unconditionally."""
+"""mmcv-lite has no compiled ops, but upstream mmseg imports ``mmcv.ops`` unconditionally."""
 from __future__ import annotations
 
 import importlib.machinery
@@ -6,6 +6,15 @@ import importlib.util
 import sys
 import types
 from typing import Any
+
+from ..stack import active_stack, provider
+
+#: What to install for compiled mmcv ops, per stack.
+FULL_MMCV = {
+    'openmmlab': 'full mmcv 2.1 with its compiled ops (pip install "mmcv>=2.1,<2.2", built '
+                 'against your torch)',
+    'onedl': 'onedl-mmcv built with its ops (pip install onedl-mmcv --no-build-isolation)',
+}
 
 
 class _MissingOp:
@@ -15,9 +24,9 @@ class _MissingOp:
         self.name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(
-            f"mmcv op '{self.name}' needs full mmcv (compiled ops); this environment has "
-            "mmcv-lite. Install mmcv 2.1 with its CUDA/CPU ops to use it.")
+        install = FULL_MMCV.get(active_stack() or 'openmmlab', FULL_MMCV['openmmlab'])
+        raise RuntimeError(f"mmcv op '{self.name}' needs compiled mmcv ops, which this "
+                           f'environment lacks; install {install}')
 
 
 def _make_mmcv_ext_standin() -> types.ModuleType:
@@ -36,25 +45,45 @@ def _make_mmcv_ext_standin() -> types.ModuleType:
     return module
 
 
+def has_compiled_mmcv_ops() -> bool:
+    """True if a real ``mmcv._ext`` (compiled ops) is importable."""
+    module = sys.modules.get('mmcv._ext')
+    if module is not None:
+        return getattr(module, '__spec__', None) is not None and module.__spec__.loader is not None
+    try:
+        return importlib.util.find_spec('mmcv') is not None and \
+            importlib.util.find_spec('mmcv._ext') is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: Upstream distributions that import ``mmcv.ops`` at module level, unguarded.
+UNGUARDED_MMCV_OPS_USERS = ('mmsegmentation', 'mmdet')
+
+
+def needs_mmcv_ext_standin() -> bool:
+    """No compiled ops, and an upstream mmseg (1.2) or mmdet (3.3), which import ``mmcv.ops``
+    unguarded, is installed."""
+    users = [provider(module) for module in ('mmseg', 'mmdet')]
+    return (any(user is not None and user.distribution in UNGUARDED_MMCV_OPS_USERS
+                for user in users)
+            and provider('mmcv') is not None and not has_compiled_mmcv_ops())
+
+
 def install_mmcv_ext_standin() -> bool:
     """Make ``import mmseg.models`` work with mmcv-lite.
 
     mmcv-lite ships no ``mmcv._ext``, yet mmseg 1.2.x imports ``mmcv.ops`` at module level
     (``mmseg/utils/mask_classification.py`` and others), which loads ``mmcv._ext`` and checks
     that each op exists. Registers a stand-in module whose ops exist but raise a RuntimeError
-    naming the fix when called. Does nothing when real compiled ops are installed.
+    naming the fix for the active stack when called. Does nothing when real compiled ops are
+    installed (:func:`needs_mmcv_ext_standin` decides; onedl-mmsegmentation guards its
+    ``mmcv.ops`` imports itself).
 
     Returns:
         True if the stand-in was installed.
     """
-    if 'mmcv._ext' in sys.modules:
-        return False
-    try:
-        if importlib.util.find_spec('mmcv') is None:
-            return False
-        if importlib.util.find_spec('mmcv._ext') is not None:
-            return False
-    except (ImportError, ValueError):
+    if 'mmcv._ext' in sys.modules or not needs_mmcv_ext_standin():
         return False
     sys.modules['mmcv._ext'] = _make_mmcv_ext_standin()
     return True

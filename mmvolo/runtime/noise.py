@@ -15,6 +15,9 @@ _UNACTIONABLE_WARNINGS = (
     (r'.*reduce_zero_label.*deprecated', UserWarning),
     # mmseg's SegVisualizationHook, on every run whose default config leaves draw=False
     (r'The draw is False', UserWarning),
+    # onedl-mmcv without compiled ops, at `import mmseg.models`; mmvolo and UperNet never
+    # use the op, and the advice ("install mmcv rather than mmcv-lite") is for another stack
+    (r'Fail to import ``MultiScaleDeformableAttention``', UserWarning),
 )
 
 
@@ -68,3 +71,46 @@ def filter_unactionable_log_records() -> None:
     MMLogger.__init__ = init_with_filter
     for logger in MMLogger._instance_dict.values():
         logger.addFilter(_DropUnactionableRecords())
+
+
+#: What onedl-mmsegmentation prints (on stdout, twice) when the optional ``onedl`` package
+#: is absent.
+ONEDL_NOTICE = 'Could not import OneDL'
+
+
+def needs_onedl_notice_filter() -> bool:
+    """onedl-mmsegmentation without the optional ``onedl`` package, not yet imported."""
+    import importlib.util
+    import sys
+
+    from ..stack import provider
+
+    mmseg = provider('mmseg')
+    return (mmseg is not None and mmseg.distribution == 'onedl-mmsegmentation'
+            and 'mmseg.datasets' not in sys.modules and importlib.util.find_spec('onedl') is None)
+
+
+def import_mmseg_datasets_quietly() -> bool:
+    """Import ``mmseg.datasets`` without onedl-mmsegmentation's "Could not import OneDL".
+
+    onedl-mmsegmentation tries its optional OneDL dataset and transform at import and, when
+    the separate ``onedl`` package is absent, prints that line to stdout twice (through
+    mmengine's ``print_log`` without a logger, so no log level or filter reaches it). The
+    import happens here once, with stdout captured; everything else it prints is passed on.
+
+    Returns:
+        False when the stack does not need it.
+    """
+    import contextlib
+    import io
+    import sys
+
+    if not needs_onedl_notice_filter():
+        return False
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        import mmseg.datasets  # noqa: F401
+    kept = [line for line in captured.getvalue().splitlines() if line.strip() != ONEDL_NOTICE]
+    if kept:
+        print('\n'.join(kept), file=sys.stdout)
+    return True

@@ -17,7 +17,6 @@ Parameters are counted for the whole model, auxiliary head included, and per top
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -26,9 +25,8 @@ import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
 
-from .config import replace_norm_type
+from .config import build_model_for_analysis
 
 
 @dataclass
@@ -62,30 +60,6 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     queries, dim = q_shape[-2], q_shape[-1]
     keys, value_dim = k_shape[-2], v_shape[-1]
     return batch_heads * queries * keys * (dim + value_dim)
-
-
-def build_model_for_analysis(cfg: Config | str, cfg_options: dict | None = None,
-                             outlook_impl: str | None = 'reference') -> nn.Module:
-    """Build ``cfg.model`` on CPU in eval mode, for counting or benchmarking.
-
-    SyncBN becomes BN, no checkpoint is loaded (``init_cfg``/``pretrained`` dropped) and a
-    VOLO backbone uses ``outlook_impl`` (default: the reference outlook attention, whose
-    matmul the FLOP counter sees; None: the automatic choice).
-    """
-    if isinstance(cfg, str):
-        cfg = Config.fromfile(cfg)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = copy.deepcopy(cfg.model)
-    replace_norm_type(model_cfg, 'SyncBN', 'BN')
-    model_cfg.pop('pretrained', None)
-    backbone = model_cfg.get('backbone', {})
-    backbone['init_cfg'] = None
-    if backbone.get('type') == 'VOLO':
-        backbone['outlook_impl'] = outlook_impl
-    model = MODELS.build(model_cfg)
-    return model.eval()
 
 
 def measure_complexity(model: nn.Module, shape: Sequence[int]) -> Complexity:

@@ -84,7 +84,7 @@ def build_segmentor(config: str, device: str):
     """The config's segmentor: no pretrained weights, BN instead of SyncBN, default outlook
     attention implementation."""
     import mmvolo  # noqa: F401  (registers VOLO, installs the stack fixes)
-    from mmvolo.utils.complexity import build_model_for_analysis
+    from mmvolo.utils import build_model_for_analysis
 
     model = build_model_for_analysis(resolve_config(config), outlook_impl=None)
     model.init_weights()
