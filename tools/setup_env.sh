@@ -55,7 +55,7 @@ if [ "$stack" = onedl ]; then
   extras="onedl,cls-onedl,test"
 else
   pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
-  extras="openmmlab,cls,test"
+  extras="openmmlab,cls,det,test"
   if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
     extras="lite,$extras"
   fi
