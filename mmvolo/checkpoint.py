@@ -90,22 +90,44 @@ def _torch_load(path: str, map_location: Any, weights_only: bool) -> Any:
         needs = _unsupported_global(error)
         if weights_only and needs:
             raise UntrustedCheckpointError(path, needs) from None
-        raise corrupt_checkpoint(path, error) from None
+        raise CheckpointError(f'{path} is truncated or corrupt (invalid pickle data: '
+                              f'{_unpickler_detail(error)})') from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, KeyError,
             IndexError, TypeError, AttributeError) as error:
         raise corrupt_checkpoint(path, error) from None
 
 
+#: How torch's weights-only unpickler names what it refused (the global or call).
+_REFUSED_PATTERNS = (
+    r'Unsupported global: (GLOBAL \S+)',
+    r'unsupported (GLOBAL \S+)',
+    r'(GLOBAL builtins\.getattr\(\S+\))',
+    r'unrecognized function (\S+)',
+    r'(Unsupported class \S+)',
+)
+
+
 def _unsupported_global(error: BaseException) -> str | None:
-    """The global torch's weights-only unpickler refused, e.g. 'GLOBAL posix.system'."""
+    """What torch's weights-only unpickler refused to import or call, e.g.
+    'GLOBAL posix.system'; None when the stream is simply not a valid pickle (corrupt)."""
     message = str(error)
     if 'weights_only' not in message and 'Weights only' not in message:
         return None
-    found = re.search(r'Unsupported global: (GLOBAL \S+)', message)
-    if found:
-        return found.group(1)
-    found = re.search(r'Unsupported operand \d+|Unsupported (\w+)', message)
-    return found.group(0) if found else 'objects other than tensors'
+    for pattern in _REFUSED_PATTERNS:
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1).rstrip('.,')
+    return None  # e.g. "Unsupported operand 50": bytes that are no valid pickle
+
+
+def _unpickler_detail(error: BaseException) -> str:
+    """The unpickler's own reason, without torch's advice to retry with weights_only=False."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith('WeightsUnpickler error') and index + 1 < len(lines):
+            return (line.split(':', 1)[1].strip() or lines[index + 1])[:200]
+    useful = [line for line in lines if 'weights_only' not in line and 'Weights only' not in line]
+    return (useful[0] if useful else lines[-1] if lines else type(error).__name__)[:200]
 
 
 def _require_torch_format(path: str) -> None:
@@ -171,8 +193,9 @@ def _history_buffer_getattr(owner: Any, name: str) -> Any:
     allowed = set(HistoryBuffer._statistics_methods) | set(DEFAULT_STATISTICS)
     value = vars(HistoryBuffer).get(name) if owner is HistoryBuffer else None
     if name not in allowed or not inspect.isfunction(value):
+        owner_name = getattr(owner, '__qualname__', type(owner).__qualname__)
         raise pickle.UnpicklingError(
-            f'Weights only load failed: Unsupported global: GLOBAL getattr({owner!r}, {name!r})')
+            f'Weights only load failed: GLOBAL builtins.getattr({owner_name}.{name})')
     return value
 
 

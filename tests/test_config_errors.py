@@ -15,7 +15,7 @@ import pytest
 from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, single_line_error, tool_command, tool_env
 
 from mmvolo.apis import UsageError, check_arch, load_config
-from mmvolo.apis.launch import CfgOptionsAction, cfg_option_problem
+from mmvolo.apis.arguments import CfgOptionsAction, cfg_option_problem
 
 
 @pytest.fixture(scope='module')

@@ -100,6 +100,26 @@ def test_no_decay_keys(segmentor):
     assert groups[id(params['decode_head.conv_seg.weight'])]['weight_decay'] == 0.
 
 
+def test_custom_keys_multiply_the_decayed_lr_and_set_decay(segmentor):
+    """mmengine's custom_keys on top of layer decay: the longest matching substring wins."""
+    wrapper = build(segmentor, custom_keys={'decode_head': dict(lr_mult=10.),
+                                            'decode_head.conv_seg': dict(lr_mult=2.,
+                                                                         decay_mult=0.5),
+                                            'pos_embed': dict(decay_mult=0.)})
+    groups, params = group_of(wrapper), dict(segmentor.named_parameters())
+    plain = group_of(build(segmentor))
+    head = params['decode_head.bottleneck.conv.weight']
+    assert groups[id(head)]['lr'] == pytest.approx(10 * plain[id(head)]['lr'])
+    seg = params['decode_head.conv_seg.weight']
+    assert groups[id(seg)]['lr'] == pytest.approx(2 * plain[id(seg)]['lr'])
+    assert groups[id(seg)]['weight_decay'] == pytest.approx(0.5 * WD)
+    assert groups[id(params['decode_head.conv_seg.bias'])]['weight_decay'] == pytest.approx(
+        0.5 * WD)  # decay_mult overrides the no-decay rule for 1-D params
+    stem = params['backbone.pos_embed']
+    assert groups[id(stem)]['lr'] == pytest.approx(plain[id(stem)]['lr'])
+    assert groups[id(stem)]['weight_decay'] == 0.
+
+
 def test_every_trainable_param_in_exactly_one_group(segmentor):
     segmentor.backbone.patch_embed.requires_grad_(False)
     wrapper = build(segmentor)
@@ -155,8 +175,10 @@ def test_plan_and_errors(segmentor):
     assert plan.num_layer_ids == NUM_BLOCKS + 2
     with pytest.raises(TypeError, match='get_layer_depth'):
         build(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match='custom_keys'):
-        build(segmentor, custom_keys={'norm': dict(decay_mult=0.)})
+    with pytest.raises(ValueError, match=r"custom_keys\['norm'\]: unsupported \['momentum'\]"):
+        build(segmentor, custom_keys={'norm': dict(momentum=0.)})
+    with pytest.raises(ValueError, match='unsupported paramwise_cfg keys'):
+        build(segmentor, bias_decay_mult=0.)
     with pytest.raises(ValueError, match='layer_decay_rate'):
         VOLOLayerDecayOptimWrapperConstructor(
             dict(optimizer=dict(type='AdamW', lr=LR)), dict(layer_decay_rate=1.5))

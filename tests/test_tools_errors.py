@@ -312,6 +312,9 @@ def test_inference_bad_image_is_one_line(toy_checkpoint, tmp_path, capsys, make_
      'does not exist'),
     ('analysis/benchmark_model.py', ['--device', 'cpu', '--repeats', '0'], '--repeats must be'),
     ('misc/print_config.py', ['absent.py'], 'config absent.py not found'),
+    ('misc/print_config.py', [TOY_CONFIG, '--cfg-options', 'a=[1,2'], "unclosed '['"),
+    ('misc/print_config.py', [TOY_CONFIG, '--cfg-options', 'noequals'], 'expected KEY=VALUE'),
+    ('analysis/get_flops.py', [TOY_CONFIG, '--cfg-options', 'a=(]'], "unmatched ']'"),
 ])
 def test_analysis_tools_bad_arguments(capsys, tool, args, message):
     result = run_tool_in_process(tool, *args, capsys=capsys)
@@ -357,3 +360,43 @@ def test_benchmark_model_exit_status_when_a_case_fails(tmp_path, monkeypatch, ca
     assert error.value.exit_code == 1
     assert 'failed: RuntimeError: out of memory' in capsys.readouterr().out
     assert report.is_file()
+
+
+# ---------------------------------------------- found by tools/misc/hostile_inputs.py
+@pytest.mark.parametrize('flag', ['--work-dir', '--out'])
+def test_a_file_where_a_folder_goes(files, toy_checkpoint, tmp_path, capsys, flag):
+    afile = tmp_path / 'afile'
+    afile.write_text('keep me')
+    args = ['--work-dir', tmp_path / 'work'] if flag == '--out' else []
+    result = run_tool_in_process('test.py', files['toy'], toy_checkpoint, flag, afile, *args,
+                                 capsys=capsys)
+    assert f'{flag} {afile} is a file, not a folder' in single_line_error(result)
+    assert result.returncode == 2 and afile.read_text() == 'keep me'
+
+
+def test_train_work_dir_that_is_a_file(files, tmp_path, capsys):
+    afile = tmp_path / 'afile'
+    afile.write_text('keep me')
+    result = run_tool_in_process('train.py', files['toy'], '--work-dir', afile, capsys=capsys)
+    assert '--work-dir' in single_line_error(result) and afile.read_text() == 'keep me'
+
+
+@pytest.mark.parametrize('device, message', [
+    ('tpu:7', "--device 'tpu:7' is not a torch device"),
+    pytest.param('cuda', 'CUDA is not available here', marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason='needs a machine without CUDA')),
+])
+def test_inference_device_is_checked(toy_checkpoint, tmp_path, capsys, device, message):
+    image = write_image(tmp_path / 'in' / 'x.jpg')
+    result = run_tool_in_process('inference.py', TOY_CONFIG, toy_checkpoint, image,
+                                 '--out-dir', tmp_path / 'out', '--device', device,
+                                 capsys=capsys)
+    assert message in single_line_error(result)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_resume_from_weights_without_training_state(files, toy_checkpoint, tmp_path, capsys):
+    result = run_tool_in_process('train.py', files['toy'], '--work-dir', tmp_path / 'w',
+                                 '--resume', toy_checkpoint, capsys=capsys)
+    assert 'holds no training state' in single_line_error(result)
+    assert f'load_from={toy_checkpoint} without --resume' in result.stderr

@@ -176,13 +176,27 @@ def main() -> None:
         runtime.trust_checkpoint(args.checkpoint)
     outputs = {path: osp.join(args.out_dir, name) for path, name in names.items()}
     written = paint_overlays(cfg, args.checkpoint, outputs, args.opacity,
-                             args.device or default_device())
+                             checked_device(args.device))
     print(f'wrote {len(written)} overlays to {args.out_dir}')
 
 
-def default_device() -> str:
+def checked_device(device: str | None) -> str:
+    """``--device``, or 'cuda:0' when CUDA is there, else 'cpu'; one line if unusable."""
     import torch
-    return 'cuda:0' if torch.cuda.is_available() else 'cpu'
+
+    if device is None:
+        return 'cuda:0' if torch.cuda.is_available() else 'cpu'
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a torch device (e.g. 'cpu', 'cuda:0')") \
+            from None
+    if parsed.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {device}: CUDA is not available here; use --device cpu')
+    if parsed.type == 'cuda' and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f'--device {device}: this machine has {torch.cuda.device_count()} '
+                         'CUDA device(s)')
+    return device
 
 
 def paint_overlays(cfg: Config, checkpoint: str, outputs: dict[str, str], opacity: float,

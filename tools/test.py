@@ -28,10 +28,12 @@ from mmvolo.apis import (
     prepare_device,
     run_tool,
 )
+from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.launch import require_folder
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
+    parser = ToolArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the metrics (json) and logs go')
@@ -63,6 +65,9 @@ def main() -> None:
         enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
     if args.tta:
         enable_tta(cfg)
+    for option, folder in (('--out', args.out), ('--show-dir', args.show_dir)):
+        if folder is not None:
+            require_folder(folder, option)
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

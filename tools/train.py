@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 import mmvolo  # noqa: F401 - registers VOLO, its hooks and optimizer constructor
 from mmvolo import runtime  # the stack fixes, before mmseg loads
 from mmvolo.apis import (
+    UsageError,
     apply_work_dir,
     check_arch,
     check_data_roots,
@@ -33,10 +34,11 @@ from mmvolo.apis import (
     resolve_resume,
     run_tool,
 )
+from mmvolo.apis.arguments import ToolArgumentParser
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser = ToolArgumentParser(description='Train a segmentor')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go')
     parser.add_argument(
@@ -89,11 +91,14 @@ def apply_resume(cfg: Config, resume: str | None, trust: bool) -> None:
     cfg.load_from = checkpoint
     if trust:
         runtime.trust_checkpoint(checkpoint)
+    meta = checkpoint_meta(checkpoint, trust)
+    if 'iter' not in meta or 'epoch' not in meta:
+        raise UsageError(f'--resume {checkpoint} holds no training state (not a checkpoint '
+                         'saved by a training run); to start from its weights, set '
+                         f'load_from={checkpoint} without --resume')
     randomness = cfg.setdefault('randomness', {})
-    if randomness.get('seed') is None:
-        meta = checkpoint_meta(checkpoint, trust)
-        if meta.get('seed') is not None:
-            randomness['seed'] = meta['seed']
+    if randomness.get('seed') is None and meta.get('seed') is not None:
+        randomness['seed'] = meta['seed']
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -6,12 +6,13 @@ import errno
 import os
 import os.path as osp
 import sys
-from typing import Callable, Sequence
+from typing import Callable
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 from .. import runtime
 from ..checkpoint import CheckpointError, UntrustedCheckpointError
+from .arguments import add_cfg_options
 from .checks import UsageError, untrusted_usage_error
 
 #: ``OSError.errno`` of a full disk or an exhausted quota.
@@ -46,6 +47,14 @@ def apply_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    require_folder(cfg.work_dir, '--work-dir')
+
+
+def require_folder(path: str, option: str) -> None:
+    """``path`` must be a folder or not exist yet (it is created), not a file."""
+    if osp.exists(path) and not osp.isdir(path):
+        raise UsageError(f'{option} {path} is a file, not a folder: pass a folder (it is '
+                         'created if missing)')
 
 
 def enable_amp(cfg: Config) -> None:
@@ -97,47 +106,6 @@ def set_local_rank(local_rank: int) -> None:
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
 
 
-#: Bracket pairs a ``--cfg-options`` value may nest (mmengine's DictAction syntax).
-_BRACKETS = {')': '(', ']': '['}
-
-
-class CfgOptionsAction(DictAction):
-    """mmengine's DictAction, with a malformed ``KEY=VALUE`` item a one-line UsageError.
-
-    DictAction itself fails on such items with an AssertionError, a ValueError or a
-    RecursionError (e.g. ``a=[(1,2],3)``).
-    """
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: str | Sequence[str] | None, option_string: str | None = None) -> None:
-        items = [values] if isinstance(values, str) else list(values or [])
-        for item in items:
-            problem = cfg_option_problem(item)
-            if problem:
-                raise UsageError(f'--cfg-options {item!r}: {problem}')
-        try:
-            super().__call__(parser, namespace, items, option_string)
-        except (AssertionError, ValueError, RecursionError) as error:
-            raise UsageError(f'--cfg-options {" ".join(items)!r}: cannot parse ({error})') \
-                from None
-
-
-def cfg_option_problem(item: str) -> str | None:
-    """What is wrong with one ``--cfg-options`` item, or None if it is well formed."""
-    key, sep, value = item.partition('=')
-    if not sep or not key:
-        return 'expected KEY=VALUE (e.g. train_cfg.max_iters=1000)'
-    stack: list[str] = []
-    for char in value:
-        if char in '([':
-            stack.append(char)
-        elif char in _BRACKETS and (not stack or stack.pop() != _BRACKETS[char]):
-            return f"unbalanced brackets in the value of {key} (unmatched '{char}')"
-    if stack:
-        return f"unbalanced brackets in the value of {key} (unclosed '{stack[-1]}')"
-    return None
-
-
 def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Add the options every mmvolo tool shares (``--cfg-options``, ``--launcher``,
     ``--local-rank``), parse the command line and export ``LOCAL_RANK``.
@@ -145,9 +113,7 @@ def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     Raises:
         UsageError: a malformed ``--cfg-options`` item (one line naming it).
     """
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=CfgOptionsAction,
-        help='override config settings, KEY=VALUE (e.g. train_cfg.max_iters=1000)')
+    add_cfg_options(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

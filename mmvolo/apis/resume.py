@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import ZIP_MAGIC
 from ..engine.atomic_checkpoint_hook import LAST_CHECKPOINT_MARKER
 from .checks import UsageError, read_checkpoint_for_tool
 
@@ -23,7 +24,17 @@ PERIODIC_CHECKPOINT = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
 
 def checkpoint_damage(path: str | os.PathLike) -> str | None:
-    """Why ``path`` is not a complete ``torch.save`` archive, or None if it is intact."""
+    """Why ``path`` is not a complete ``torch.save`` archive, or None if it is intact.
+
+    Only zip archives (what ``torch.save`` writes) are checked here; anything else is left
+    to :func:`mmvolo.checkpoint.load_checkpoint_file`, which says what the file is.
+    """
+    try:
+        with open(path, 'rb') as stream:
+            if stream.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return None
+    except OSError as error:
+        return f'unreadable: {error}'
     try:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()

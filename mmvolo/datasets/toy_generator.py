@@ -32,7 +32,7 @@ class ToySpec:
     num_train: int = 240
     num_val: int = 40
     size: int = 64
-    max_objects: int = 4
+    max_objects: int = 6
     seed: int = 0
 
 

@@ -24,7 +24,9 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
 #: Keys understood in ``paramwise_cfg``.
-PARAMWISE_KEYS = ('layer_decay_rate', 'no_decay_keys')
+PARAMWISE_KEYS = ('layer_decay_rate', 'no_decay_keys', 'custom_keys')
+#: Keys understood in each ``custom_keys`` entry (mmengine's meaning).
+CUSTOM_KEY_FIELDS = ('lr_mult', 'decay_mult')
 
 
 @dataclass
@@ -102,13 +104,22 @@ class VOLOLayerDecayOptimWrapperConstructor:
             constructor='VOLOLayerDecayOptimWrapperConstructor',
             paramwise_cfg=dict(layer_decay_rate=0.9))
 
+    Why not mmpretrain's ``LearningRateDecayOptimWrapperConstructor``: it asks the *model*
+    for ``get_layer_depth`` (mmseg's ``EncoderDecoder`` has none, so it raises
+    NotImplementedError for every segmentor), it ignores ``lr_mult`` in ``custom_keys``
+    (heads commonly train at 10x), and it would make mmpretrain a requirement of segmentation
+    training. This one asks the backbone and puts every head at the top layer id.
+
     Args:
         optim_wrapper_cfg: the ``optim_wrapper`` config without ``constructor`` and
             ``paramwise_cfg``; must hold ``optimizer`` with ``lr``.
-        paramwise_cfg: ``layer_decay_rate`` (float in (0, 1], default 0.9) and
+        paramwise_cfg: ``layer_decay_rate`` (float in (0, 1], default 0.9),
             ``no_decay_keys`` (name substrings without weight decay, default none besides 1-D
-            params and the backbone's ``no_weight_decay()``). Other keys raise, since
-            mmengine's ``custom_keys`` etc. are not applied by this constructor.
+            params and the backbone's ``no_weight_decay()``) and ``custom_keys`` (mmengine's:
+            ``{name substring: dict(lr_mult=..., decay_mult=...)}``, the longest matching
+            substring wins; ``lr_mult`` multiplies the layer-decayed lr, ``decay_mult`` sets
+            the weight decay to ``weight_decay * decay_mult``, overriding the 1-D/no-decay
+            rules). Other keys raise.
 
     Each parameter group carries ``layer_id`` and ``lr_scale`` besides ``lr`` and
     ``weight_decay``; mmengine's schedulers scale each group's own initial lr, so the decay
@@ -134,6 +145,7 @@ class VOLOLayerDecayOptimWrapperConstructor:
         if not 0. < self.decay_rate <= 1.:
             raise ValueError(f'layer_decay_rate must be in (0, 1], got {self.decay_rate}')
         self.no_decay_keys = tuple(paramwise_cfg.get('no_decay_keys', ()))
+        self.custom_keys = _checked_custom_keys(paramwise_cfg.get('custom_keys', {}))
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         """Build the optimizer over ``model``'s trainable parameters and wrap it."""
@@ -154,17 +166,39 @@ class VOLOLayerDecayOptimWrapperConstructor:
         """
         plan = plan_layer_decay(model, self.no_decay_keys)
         params = dict(model.named_parameters())
-        grouped: dict[tuple[int, bool], list] = {}
+        grouped: dict[tuple[int, bool, str], list] = {}
         for item in plan.assignments:
-            grouped.setdefault((item.layer_id, item.decay), []).append(params[item.name])
+            key = (item.layer_id, item.decay, _matching_key(item.name, self.custom_keys))
+            grouped.setdefault(key, []).append(params[item.name])
         groups = []
-        for (layer_id, decay), members in sorted(grouped.items(), reverse=True):
+        for (layer_id, decay, custom), members in sorted(grouped.items(), reverse=True):
             scale = plan.lr_scale(layer_id, self.decay_rate)
+            weight_decay = self.base_wd if decay else 0.
+            if custom:
+                scale *= self.custom_keys[custom].get('lr_mult', 1.)
+                weight_decay = self.base_wd * self.custom_keys[custom].get('decay_mult', 1.)
             groups.append(dict(params=members, lr=self.base_lr * scale,
-                               weight_decay=self.base_wd if decay else 0.,
-                               layer_id=layer_id, lr_scale=scale))
+                               weight_decay=weight_decay, layer_id=layer_id, lr_scale=scale))
         print_log(summarize(plan, groups, self.decay_rate), logger='current')
         return groups
+
+
+def _checked_custom_keys(custom_keys: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(custom_keys, dict):
+        raise TypeError(f'paramwise_cfg.custom_keys must be a dict, got {custom_keys!r}')
+    for key, fields in custom_keys.items():
+        unknown = sorted(set(fields) - set(CUSTOM_KEY_FIELDS)) if isinstance(fields, dict) \
+            else ['(not a dict)']
+        if unknown:
+            raise ValueError(f'paramwise_cfg.custom_keys[{key!r}]: unsupported {unknown}; '
+                             f'supported: {list(CUSTOM_KEY_FIELDS)}')
+    return {key: dict(fields) for key, fields in custom_keys.items()}
+
+
+def _matching_key(name: str, custom_keys: dict[str, dict[str, float]]) -> str:
+    """The longest ``custom_keys`` entry contained in ``name`` ('' if none)."""
+    matches = [key for key in custom_keys if key in name]
+    return max(matches, key=len) if matches else ''
 
 
 def summarize(plan: LayerDecayPlan, groups: list[dict[str, Any]], decay_rate: float) -> str:

@@ -83,7 +83,8 @@ def check_args(args: argparse.Namespace) -> None:
 def build_segmentor(config: str, device: str):
     """The config's segmentor: no pretrained weights, BN instead of SyncBN, default outlook
     attention implementation."""
-    import mmvolo  # noqa: F401  (registers VOLO, installs the stack fixes)
+    import mmvolo  # noqa: F401  (registers VOLO)
+    import mmvolo.runtime  # noqa: F401  (the stack fixes, before mmseg)
     from mmvolo.utils import build_model_for_analysis
 
     model = build_model_for_analysis(resolve_config(config), outlook_impl=None)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-import mmvolo  # noqa: F401  (stack fixes before mmseg, registers VOLO)
+import mmvolo  # noqa: F401  (registers VOLO; mmvolo.apis applies mmvolo.runtime)
 from mmvolo.apis import UsageError, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.utils import config_complexity
 
 
@@ -27,8 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input height and width (default: the config crop size)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, KEY=VALUE')
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 

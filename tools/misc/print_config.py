@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from mmengine.config import DictAction
-
-import mmvolo  # noqa: F401  (stack fixes before mmseg, registers VOLO)
+import mmvolo  # noqa: F401  (registers VOLO; mmvolo.apis applies mmvolo.runtime)
 from mmvolo.apis import load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = ToolArgumentParser(description='Print the resolved config')
     parser.add_argument('config', help='config file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, KEY=VALUE')
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 
