@@ -1,8 +1,11 @@
 """The quick start's toy config learns, and its checkpoint tests and paints overlays.
 
-Trains the toy config (64x64, 6 classes; chance mIoU is about 10) for 200 of its 400
+Trains the toy config (64x64, 6 classes; chance mIoU is about 10) for 400 of its 800
 iterations on freshly generated data, then runs ``tools/test.py`` and ``tools/inference.py``
-on the result, as ``tools/quickstart.sh`` does.
+on the result, as ``tools/quickstart.sh`` does. Halfway, the learning rate has not annealed
+and the rarer classes may still be merged: measured mIoU at 400 iterations (160 training
+images), seeds 0-4, OpenMMLab stack 50.6 / 74.5 / 47.1 / 80.2 / 64.4, onedl forks
+50.8 / 87.5 / 30.1 / 67.7 / 69.7; the bound sits below the lowest of those.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from tool_helpers import REPO, TOY_CONFIG, run_tool
 
 from mmvolo.datasets.toy_generator import ToySpec, generate_toy_dataset
 
-ITERS = 200
-MIN_MIOU = 50.0
+ITERS = 400
+MIN_MIOU = 25.0
 
 
 def _last_miou(text: str) -> float:

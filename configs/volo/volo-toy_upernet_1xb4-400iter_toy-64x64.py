@@ -1,5 +1,6 @@
 # Quick start: a tiny VOLO + UperNet on the generated toy dataset (tools/make_toy_dataset.py),
 # 64x64 images, 6 classes. Trains, validates and tests on a laptop CPU in a few minutes.
+# (The file name predates the schedule below: it now runs 800 iterations of batch 2.)
 # Same structure as the ADE20K configs: mmseg's ADE20K dataset base (layout, pipelines,
 # mIoU evaluator), runtime and schedule bases, and mmvolo's UperNet-VOLO model base.
 _base_ = [
@@ -44,22 +45,27 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
+    batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
     dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=0.0005)
+# Schedule: AdamW (lr 4e-3) for 800 iterations of batch 2. The old SGD (lr 0.05, momentum 0.9),
+# 400 x batch 4, learnt by seed luck (final mIoU 36-89 over seeds 0-4): the rarer object classes
+# stayed merged into one. AdamW at 1e-3 was slower still, batch 8 worse than 4; what splits
+# them is more (noisier) steps, at about the same cost per run. With the generator's even class
+# areas (mmvolo/datasets/toy_generator.py) every seed tried learns all six classes.
+optimizer = dict(_delete_=True, type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.05)
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
-    dict(type='PolyLR', power=0.9, eta_min=1e-4, by_epoch=False, begin=20, end=400),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=40),
+    dict(type='PolyLR', power=0.9, eta_min=1e-5, by_epoch=False, begin=40, end=800),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=800, val_interval=400)
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2,
+    logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=400, max_keep_ckpts=2,
                     save_best='mIoU'))
 randomness = dict(seed=0)
