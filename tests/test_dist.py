@@ -6,7 +6,6 @@ and BN, say so in one line, and finish cleanly.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -51,27 +50,3 @@ def test_two_process_train_then_test(tmp_path):
     assert test.returncode == 0, output[-4000:]
     assert 'Iter(test) [2/2]' in output and 'mIoU' in output, output[-4000:]
     assert 'terminate called' not in output
-
-
-
-
-def test_slurm_first_host_parsing():
-    from mmvolo.runtime import first_slurm_host
-
-    assert first_slurm_host('gpu-node[03-05,7],other') == 'gpu-node03'
-    assert first_slurm_host('node1,node2') == 'node1'
-    assert first_slurm_host('host') == 'host'
-
-
-def test_mpi_environment_is_exported(monkeypatch):
-    from mmvolo import runtime
-
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '3')
-    monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
-    monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
-    runtime._export_mpi_env()
-    assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
-        ('3', '4', '1')
-    assert os.environ['MASTER_ADDR'] and os.environ['MASTER_PORT'] == '29500'

@@ -27,7 +27,6 @@ a differentiable, compilable custom op.
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from literal_outlook import literal_outlook_attention
 
 from mmvolo.ops import (
     IMPL_ENV_VAR,
@@ -67,34 +67,6 @@ TRITON_CASES = [(7, 5, 2, 2), (5, 9, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17,
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
-
-def loop_outlook(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
-                 padding: int, stride: int) -> torch.Tensor:
-    """VOLO Eq. 3-5 written out literally: v (B, H, W, C), logits (B, h, w, heads*K^4)."""
-    batch, height, width, channels = v.shape
-    h, w = math.ceil(height / stride), math.ceil(width / stride)
-    kk = kernel_size * kernel_size
-    d = channels // num_heads
-    out = [[[torch.zeros(channels, dtype=v.dtype) for _ in range(width)]
-            for _ in range(height)] for _ in range(batch)]
-    for b, i, j, head in itertools.product(range(batch), range(h), range(w), range(num_heads)):
-        cs = slice(head * d, (head + 1) * d)
-        pos = [(i * stride - padding + k // kernel_size, j * stride - padding + k % kernel_size)
-               for k in range(kk)]
-        for k_o in range(kk):
-            row = logits[b, i, j, (head * kk + k_o) * kk:(head * kk + k_o + 1) * kk]
-            weights = torch.exp(row) / torch.exp(row).sum()
-            y = torch.zeros(d, dtype=v.dtype)
-            for k_in, (py, px) in enumerate(pos):
-                if 0 <= py < height and 0 <= px < width:
-                    y = y + weights[k_in] * v[b, py, px, cs]
-            py, px = pos[k_o]
-            if 0 <= py < height and 0 <= px < width:
-                pixel = out[b][py][px]
-                out[b][py][px] = torch.cat([pixel[:head * d], pixel[head * d:(head + 1) * d] + y,
-                                            pixel[(head + 1) * d:]])
-    return torch.stack([torch.stack([torch.stack(r) for r in img]) for img in out])
-
 
 def make_inputs(height: int, width: int, stride: int, heads: int, head_dim: int = 2,
                 batch: int = 2, kernel_size: int = 3, dtype: torch.dtype = torch.float32,
@@ -130,7 +102,7 @@ def max_errors(got, want) -> list[float]:
                                                        (4, 4, 2, 1)])
 def test_reference_matches_loop_formula(height, width, stride, heads):
     v, logits, grad = make_inputs(height, width, stride, heads, batch=1, dtype=torch.float64)
-    want = value_and_grads(loop_outlook, v, logits, grad, heads, 3, 1, stride)
+    want = value_and_grads(literal_outlook_attention, v, logits, grad, heads, 3, 1, stride)
     got = value_and_grads(outlook_attention_reference, v, logits, grad, heads, 3, 1, stride)
     assert max(max_errors(got, want)) < 1e-12
 

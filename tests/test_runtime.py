@@ -13,6 +13,7 @@ import torch
 from mmengine.config import Config
 
 from mmvolo import runtime
+from mmvolo.stack import provider
 
 ROOT = Path(__file__).resolve().parents[1]
 MMCV_LITE = 'mmvolo stand-in' in (getattr(sys.modules.get('mmcv._ext'), '__doc__', '') or '')
@@ -135,8 +136,9 @@ def test_runtime_makes_config_load_quiet():
     quiet = run_python(code.format(imp='import mmvolo.runtime\n'))
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout == '' and quiet.stderr == ''
-    noisy = run_python(code.format(imp='import mmvolo\n'))
-    assert 'pkg_resources is deprecated' in noisy.stderr
+    if provider('mmseg').distribution == 'mmsegmentation':  # onedl has no pkg_resources
+        noisy = run_python(code.format(imp='import mmvolo\n'))
+        assert 'pkg_resources is deprecated' in noisy.stderr
 
 
 def test_mmengine_checkpoint_loading_goes_through_the_one_loader(tmp_path):
@@ -241,3 +243,15 @@ def test_unactionable_mmengine_log_records_are_dropped():
     assert 'a warning users need' in quiet.stdout
     noisy = run_python(code.format(imp=''))
     assert '"FileClient" will be deprecated' in noisy.stdout
+
+
+def test_mpi_environment_is_exported(monkeypatch):
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '3')
+    monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
+    monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
+    runtime._export_mpi_env()
+    assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
+        ('3', '4', '1')
+    assert os.environ['MASTER_ADDR'] and os.environ['MASTER_PORT'] == '29500'

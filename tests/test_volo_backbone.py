@@ -5,50 +5,45 @@ import pytest
 import torch
 
 from mmvolo import VOLO
-from mmvolo.models.weights import CheckpointError
+from mmvolo.models.weights import CheckpointError, convert_state_dict
 
-timm_volo = pytest.importorskip('timm.models.volo')
-
-TIMM_NAMES = {'d1': 'volo_d1_224', 'd2': 'volo_d2_224', 'd3': 'volo_d3_224',
-              'd4': 'volo_d4_224', 'd5': 'volo_d5_224'}
+pytest.importorskip('timm')
+from timm_volo import random_timm_volo, timm_checkpoint  # noqa: E402
 
 
-def randomize_(model: torch.nn.Module) -> None:
-    """Random parameters and BatchNorm statistics, so that parity means something."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.dtype.is_floating_point:
-                noise = torch.randn(tensor.shape, generator=generator) * 0.05
-                if name.endswith('running_var'):
-                    noise = noise.abs() + 0.5
-                tensor.copy_(noise)
-
-
-def make_timm_checkpoint(arch: str, path) -> torch.nn.Module:
-    model = timm_volo.__dict__[TIMM_NAMES[arch]](pretrained=False).eval()
-    randomize_(model)
-    torch.save(model.state_dict(), path)
-    return model
-
-
-@pytest.mark.parametrize('arch', ['d1', 'd2', 'd3', 'd4', 'd5'])
-def test_raw_mode_equals_timm_intermediates(arch, tmp_path):
-    checkpoint = tmp_path / f'{arch}.pth'
-    reference = make_timm_checkpoint(arch, checkpoint)
-    backbone = VOLO(arch, feature_pyramid=False,
-                    init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)))
-    backbone.init_weights()
-    backbone.eval()
-    images = torch.randn(1, 3, 224, 224)
+def assert_equals_timm_blocks(backbone: VOLO, reference: torch.nn.Module, size: int) -> None:
+    images = torch.randn(1, 3, size, size)
     with torch.no_grad():
         expected = reference.forward_intermediates(images, norm=False, intermediates_only=True)
-        outputs = backbone(images)
+        outputs = backbone.eval()(images)
     assert len(outputs) == len(expected) == 4
     for out, want in zip(outputs, expected):
         assert out.shape == want.shape
         assert (out - want).abs().max().item() <= 1e-5
-    del reference, backbone
+
+
+def test_d1_from_a_timm_file_equals_timm_blocks(tmp_path):
+    """The whole path: a timm file on disk, init_cfg=Pretrained, raw mode, 224 px."""
+    checkpoint = tmp_path / 'd1.pth'
+    reference = timm_checkpoint('d1', checkpoint)
+    backbone = VOLO('d1', feature_pyramid=False,
+                    init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)))
+    backbone.init_weights()
+    assert_equals_timm_blocks(backbone, reference, 224)
+
+
+@pytest.mark.parametrize('arch', ['d1', 'd2', 'd3', 'd4', 'd5'])
+def test_every_variant_equals_timm_blocks(arch):
+    """Each variant's architecture and key mapping, at 64 px, built on the meta device and
+    given timm's weights through the loader's own mapping (no file: D5 is 300M params)."""
+    reference = random_timm_volo(arch, img_size=64, seed=1)
+    with torch.device('meta'):
+        backbone = VOLO(arch, img_size=64, feature_pyramid=False)
+    backbone.to_empty(device='cpu')
+    state_dict, _ = convert_state_dict(reference.state_dict(), pos_embed_size=(4, 4))
+    result = backbone.load_state_dict(state_dict, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert_equals_timm_blocks(backbone, reference, 64)
 
 
 @pytest.mark.parametrize('size', [(333, 517), (512, 1024), (769, 769), (1024, 2048), (17, 9)])
@@ -91,7 +86,7 @@ def test_pos_embed_is_resized_at_run_time(tiny_arch):
 
 def test_pretrained_pos_embed_resized_on_load(tmp_path):
     checkpoint = tmp_path / 'd1_224.pth'
-    make_timm_checkpoint('d1', checkpoint)
+    timm_checkpoint('d1', checkpoint)
     backbone = VOLO('d1', img_size=384, init_cfg=dict(type='Pretrained',
                                                       checkpoint=str(checkpoint)))
     backbone.init_weights()

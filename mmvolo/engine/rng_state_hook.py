@@ -1,6 +1,7 @@
 """Exact resume: every random-number stream continues where the checkpoint left it."""
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -70,14 +71,27 @@ class RNGStateHook(Hook):
 
     With several processes, rank 0's states are saved; ranks start equal under mmengine's
     default ``randomness.diff_rank_seed=False``, so every rank continues exactly too.
+
+    Args:
+        replay_data: onedl-mmengine resumes by fast-forwarding the sampler without loading
+            the skipped batches, so the random augmentation streams (in the workers, or in
+            this process) restart from the seed instead of where they were. True (default)
+            makes it replay them as upstream mmengine does (exact; a resume then costs the
+            data loading of the skipped iterations); False keeps onedl's fast resume.
     """
 
     priority = 'VERY_HIGH'
 
-    def __init__(self) -> None:
+    def __init__(self, replay_data: bool = True) -> None:
+        self.replay_data = replay_data
         self._resumed: dict[str, Any] | None = None
         self._resumed_iter: int | None = None
         self._before_val: dict[str, Any] | None = None
+
+    def before_train(self, runner: Any) -> None:
+        iterator = getattr(runner.train_loop, 'dataloader_iterator', None)
+        if self.replay_data and callable(getattr(iterator, 'skip_iter', None)):
+            iterator.skip_iter = functools.partial(_replay_batches, iterator)
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         # a best-score checkpoint is saved during validation: keep the states from before it
@@ -101,6 +115,12 @@ class RNGStateHook(Hook):
         if self._before_val is not None:
             restore_rng_state(self._before_val)
             self._before_val = None
+
+
+def _replay_batches(iterator: Any, num_iters: int) -> None:
+    """Skip ``num_iters`` batches by loading them, as upstream mmengine's resume does."""
+    for _ in range(num_iters):
+        next(iterator)
 
 
 def _loads_in_workers(runner: Any) -> bool:
