@@ -26,18 +26,16 @@ from typing import Iterator
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint_file
+from .checkpoint import CheckpointError
 from .fileio import atomic_path
 from .models.arch_zoo import ARCH_ZOO
 from .models.embed import POS_EMBED_STRIDE
 from .models.weights import (
     HEAD_KEY_PATTERN,
     ConversionReport,
-    NoEmaWeightsError,
     convert_state_dict,
     detect_arch,
-    extract_state_dict,
-    require_volo,
+    read_volo_state_dict,
 )
 
 #: Largest max-abs difference, relative to max(1, max |reference|), that --verify accepts.
@@ -78,22 +76,6 @@ class ConversionResult:
 # ------------------------------------------------------------------------------------------
 # Reading and detecting
 # ------------------------------------------------------------------------------------------
-def load_source(src: str | os.PathLike, ema: bool = False, trust: bool = False
-                ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Flat official-named VOLO weights of ``src`` and the unwrapping notes.
-
-    Raises:
-        CheckpointError: missing/corrupt/untrusted file, or not VOLO weights.
-    """
-    checkpoint = load_checkpoint_file(src, trust=trust)
-    try:
-        state_dict, notes = extract_state_dict(checkpoint, ema=ema)
-    except NoEmaWeightsError as error:
-        raise NoEmaWeightsError(f'{os.fspath(src)}: {error}') from None
-    require_volo(state_dict, os.fspath(src))
-    return state_dict, notes
-
-
 def detect_variant(state_dict: dict[str, torch.Tensor]
                    ) -> tuple[str, tuple[int, int] | None]:
     """('d1'..'d5', pretraining (H, W) or None) of flat VOLO weights.
@@ -239,7 +221,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
     """
     grid = target_grid(img_size)
     check_output_path(src, dst)
-    state_dict, notes = load_source(src, ema=ema, trust=trust)
+    state_dict, notes = read_volo_state_dict(src, ema=ema, trust=trust)
     arch, src_size = detect_variant(state_dict)
     converted, report = convert_state_dict(state_dict, keep_head=keep_head,
                                            pos_embed_size=grid, classifier_layout=keep_head)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -22,13 +23,32 @@ from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
 from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
 from .weights import CheckpointError, describe_state_dict, detect_arch, load_volo_weights
 
-#: network index of each block group: outlookers, then three transformer groups
-#: (network.1 is the downsample).
+#: ``network`` index of each block group: the outlookers, then three transformer groups
+#: (``network.1`` is the downsample between them).
 GROUP_NETWORK_INDEX = (0, 2, 3, 4)
 #: Stride of each block group's output (raw mode).
 GROUP_STRIDES = (8, 16, 16, 16)
-#: Pyramid levels: (block group tapped, output stride).
-PYRAMID_LEVELS = ((0, 4), (0, 8), (2, 16), (3, 32))
+#: ``network`` index before which ``pos_embed`` is added: the first transformer group, right
+#: after the downsample to stride 16 (as in the official code).
+POS_EMBED_NETWORK_INDEX = GROUP_NETWORK_INDEX[1]
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """How one pyramid output is made: the block group it taps (through its own LayerNorm),
+    how that map is resampled, and the resulting stride."""
+    group: int
+    resample: str  # 'upsample2x' (2x2 stride-2 transposed conv), 'maxpool2x' or 'none'
+    stride: int
+
+
+#: The pyramid, level by level (strides 4, 8, 16, 32 for UperNet-style heads).
+PYRAMID = (
+    PyramidLevel(group=0, resample='upsample2x', stride=4),
+    PyramidLevel(group=0, resample='none', stride=8),
+    PyramidLevel(group=2, resample='none', stride=16),
+    PyramidLevel(group=3, resample='maxpool2x', stride=32),
+)
 
 
 @MODELS.register_module()
@@ -132,11 +152,13 @@ class VOLO(BaseModule):
 
         if feature_pyramid:
             self.out_norms = nn.ModuleDict({
-                str(level): build_norm_layer(norm_cfg, dims[PYRAMID_LEVELS[level][0]])[1]
+                str(level): build_norm_layer(norm_cfg, dims[PYRAMID[level].group])[1]
                 for level in self.out_indices})
-            if 0 in self.out_indices:
-                self.upsample = nn.ConvTranspose2d(dims[0], dims[0], 2, 2)
-        taps = [PYRAMID_LEVELS[i][0] if feature_pyramid else i for i in self.out_indices]
+            upsampled = [PYRAMID[level].group for level in self.out_indices
+                         if PYRAMID[level].resample == 'upsample2x']
+            if upsampled:  # one transposed conv: only level 0 upsamples
+                self.upsample = nn.ConvTranspose2d(dims[upsampled[0]], dims[upsampled[0]], 2, 2)
+        taps = self._tapped_groups()
         self.out_channels = [dims[group] for group in taps]
         self._freeze_stages()
 
@@ -162,12 +184,11 @@ class VOLO(BaseModule):
         Returns:
             {block group: NCHW output} for the groups up to the last one needed.
         """
-        needed = [PYRAMID_LEVELS[i][0] if self.feature_pyramid else i for i in self.out_indices]
-        last_index = GROUP_NETWORK_INDEX[max(needed)]
+        last_index = GROUP_NETWORK_INDEX[max(self._tapped_groups())]
         tokens = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/8, W/8, C0)
         outputs: dict[int, torch.Tensor] = {}
         for index, module in enumerate(self.network[:last_index + 1]):
-            if index == 2:
+            if index == POS_EMBED_NETWORK_INDEX:
                 tokens = tokens + resize_pos_embed(self.pos_embed, tokens.shape[1:3])
             tokens = self._run_group(module, tokens)
             if index in GROUP_NETWORK_INDEX:
@@ -186,14 +207,20 @@ class VOLO(BaseModule):
 
     def _pyramid_level(self, level: int, groups: dict[int, torch.Tensor], height: int,
                        width: int) -> torch.Tensor:
-        group, stride = PYRAMID_LEVELS[level]
+        spec = PYRAMID[level]
         norm = self.out_norms[str(level)]
-        feature = norm(groups[group].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        if level == 0:
+        feature = norm(groups[spec.group].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if spec.resample == 'upsample2x':
             feature = self.upsample(feature)
-        elif level == 3:
+        elif spec.resample == 'maxpool2x':
             feature = F.max_pool2d(feature, 2, 2, ceil_mode=True)
-        return _crop(feature, height, width, stride)
+        return _crop(feature, height, width, spec.stride)
+
+    def _tapped_groups(self) -> list[int]:
+        """The block group behind each selected output."""
+        if self.feature_pyramid:
+            return [PYRAMID[level].group for level in self.out_indices]
+        return list(self.out_indices)
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Shape and dtype checks on tensor attributes only (no graph break under compile)."""

@@ -31,6 +31,8 @@ HEAD_KEY_PATTERN = re.compile(r'^(cls_token|post_network\.|aux_head\.|norm\.|hea
 #: Prefixes of an mmpretrain classifier's parts (``ImageClassifier.backbone`` / ``.head``).
 CLASSIFIER_BACKBONE_PREFIX = 'backbone.'
 CLASSIFIER_HEAD_PREFIX = 'head.'
+#: Attention logits per head of VOLO's outlookers: K^2 x K^2 with the official K = 3.
+OUTLOOK_LOGITS_PER_HEAD = 3 ** 4
 #: Keys that identify a VOLO state dict.
 SIGNATURE_KEYS = ('patch_embed.proj.weight', 'network.0.0.attn.attn.weight')
 
@@ -166,7 +168,6 @@ def infer_settings(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     embed_dims = tuple(state_dict[f'network.{index}.0.norm1.weight'].shape[0]
                        for index in sorted(groups))
     outlook_logits = state_dict['network.0.0.attn.attn.weight'].shape[0]
-    kernel_area = 81  # K = 3
     hidden = state_dict['network.0.0.mlp.fc1.weight'].shape[0]
     pos_embed = state_dict.get('pos_embed')
     img_size = None
@@ -174,7 +175,7 @@ def infer_settings(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         img_size = (int(pos_embed.shape[1]) * POS_EMBED_STRIDE,
                     int(pos_embed.shape[2]) * POS_EMBED_STRIDE)
     return dict(layers=layers, embed_dims=embed_dims,
-                num_heads=(outlook_logits // kernel_area, None, None, None),
+                num_heads=(outlook_logits // OUTLOOK_LOGITS_PER_HEAD, None, None, None),
                 mlp_ratio=hidden / embed_dims[0],
                 stem_hidden_dims=int(state_dict['patch_embed.proj.weight'].shape[1]),
                 img_size=img_size)
@@ -210,11 +211,6 @@ def detect_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, tuple[int, in
 # ------------------------------------------------------------------------------------------
 # Mapping
 # ------------------------------------------------------------------------------------------
-def map_key(key: str) -> str:
-    """mmvolo name of an official/timm VOLO key (identity: mmvolo keeps official names)."""
-    return key
-
-
 def classifier_key(key: str) -> str:
     """Name of an official VOLO key in mmpretrain's ``ImageClassifier`` with
     ``VOLOClsHead``: ``head.<key>`` for classification-only keys, else ``backbone.<key>``."""
@@ -248,21 +244,36 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = Fa
         if not keep_head and HEAD_KEY_PATTERN.match(key):
             report.dropped.append(key)
             continue
-        new_key = map_key(key)
-        if classifier_layout:
-            new_key = classifier_key(new_key)
+        new_key = classifier_key(key) if classifier_layout else key  # official names kept
         if new_key != key:
             report.renamed[key] = new_key
         else:
             report.kept.append(key)
         converted[new_key] = value
-    pos_key = classifier_key('pos_embed') if classifier_layout else map_key('pos_embed')
+    pos_key = classifier_key('pos_embed') if classifier_layout else 'pos_embed'
     if pos_embed_size is not None and pos_key in converted:
         old = converted[pos_key]
         converted[pos_key] = resize_pos_embed(old, tuple(pos_embed_size))
         if converted[pos_key].shape != old.shape:
             report.resized['pos_embed'] = (tuple(old.shape), tuple(converted[pos_key].shape))
     return converted, report
+
+
+def read_volo_state_dict(path: str | os.PathLike, ema: bool = False, trust: bool = False
+                         ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Flat, official-named VOLO weights of a checkpoint file, and the unwrapping notes.
+
+    Raises:
+        CheckpointError: missing/corrupt/untrusted file, no EMA weights when ``ema``, or not
+            VOLO weights (one line naming the file).
+    """
+    checkpoint = load_checkpoint_file(path, trust=trust)
+    try:
+        state_dict, notes = extract_state_dict(checkpoint, ema=ema)
+    except NoEmaWeightsError as error:
+        raise NoEmaWeightsError(f'{os.fspath(path)}: {error}') from None
+    require_volo(state_dict, os.fspath(path))
+    return state_dict, notes
 
 
 def load_volo_weights(path: str | os.PathLike, keep_head: bool = False, ema: bool = False,
@@ -273,7 +284,6 @@ def load_volo_weights(path: str | os.PathLike, keep_head: bool = False, ema: boo
     Returns:
         (state dict ready for the backbone, report, unwrap notes).
     """
-    state_dict, notes = extract_state_dict(load_checkpoint_file(path, trust=trust), ema=ema)
-    require_volo(state_dict, os.fspath(path))
+    state_dict, notes = read_volo_state_dict(path, ema, trust)
     converted, report = convert_state_dict(state_dict, keep_head, pos_embed_size)
     return converted, report, notes
