@@ -39,8 +39,31 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class PreNormResidualBlock(BaseModule):
+    """x + DropPath(mixer(LN(x))), then x + DropPath(Mlp(LN(x))): the shape of both VOLO
+    blocks. Subclasses build the token mixer (``self.attn``, the official name).
+
+    Shapes:
+        x: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, embed_dims: int, mixer: nn.Module, mlp_ratio: float,
+                 drop_path_rate: float, norm_cfg: dict, act_cfg: dict,
+                 init_cfg: dict | list | None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = mixer
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), act_cfg)
+        self.drop_path = _drop_path(drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
 @MODELS.register_module()
-class Outlooker(BaseModule):
+class Outlooker(PreNormResidualBlock):
     """Outlooker block: x + OutlookAttention(LN(x)), then x + Mlp(LN(x)).
 
     Args:
@@ -64,17 +87,10 @@ class Outlooker(BaseModule):
                  drop_path_rate: float = 0., norm_cfg: dict = DEFAULT_NORM_CFG,
                  act_cfg: dict = DEFAULT_ACT_CFG, impl: str | None = None,
                  init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.attn = OutlookAttention(embed_dims, num_heads, kernel_size, padding, stride,
-                                     qkv_bias=qkv_bias, impl=impl)
-        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), act_cfg)
-        self.drop_path = _drop_path(drop_path_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        mixer = OutlookAttention(embed_dims, num_heads, kernel_size, padding, stride,
+                                 qkv_bias=qkv_bias, impl=impl)
+        super().__init__(embed_dims, mixer, mlp_ratio, drop_path_rate, norm_cfg, act_cfg,
+                         init_cfg)
 
 
 class SelfAttention(nn.Module):
@@ -101,7 +117,7 @@ class SelfAttention(nn.Module):
 
 
 @MODELS.register_module()
-class VOLOTransformerBlock(BaseModule):
+class VOLOTransformerBlock(PreNormResidualBlock):
     """VOLO's second-stage block: x + MHSA(LN(x)), then x + Mlp(LN(x)).
 
     Args:
@@ -122,13 +138,6 @@ class VOLOTransformerBlock(BaseModule):
                  qkv_bias: bool = False, attn_drop_rate: float = 0., drop_path_rate: float = 0.,
                  norm_cfg: dict = DEFAULT_NORM_CFG, act_cfg: dict = DEFAULT_ACT_CFG,
                  init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.attn = SelfAttention(embed_dims, num_heads, qkv_bias, attn_drop_rate)
-        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), act_cfg)
-        self.drop_path = _drop_path(drop_path_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        mixer = SelfAttention(embed_dims, num_heads, qkv_bias, attn_drop_rate)
+        super().__init__(embed_dims, mixer, mlp_ratio, drop_path_rate, norm_cfg, act_cfg,
+                         init_cfg)

@@ -32,15 +32,28 @@ def init_cpu_process_group(launcher: str) -> bool:
     return True
 
 
-def _export_slurm_env() -> None:
-    """Fill torch's env:// variables from slurm's (as mmengine's slurm launcher does)."""
+#: torch's env:// variable -> the launcher's variable that holds it, per launcher.
+LAUNCHER_ENV = {
+    'slurm': dict(RANK='SLURM_PROCID', WORLD_SIZE='SLURM_NTASKS', LOCAL_RANK='SLURM_LOCALID'),
+    'mpi': dict(RANK='OMPI_COMM_WORLD_RANK', WORLD_SIZE='OMPI_COMM_WORLD_SIZE',
+                LOCAL_RANK='OMPI_COMM_WORLD_LOCAL_RANK'),
+}
+DEFAULT_MASTER_PORT = '29500'
+
+
+def _export_launcher_env(launcher: str, master_addr: str) -> None:
+    """Fill torch's env:// variables from the launcher's (as mmengine's launchers do)."""
     env = os.environ
-    env.setdefault('RANK', env.get('SLURM_PROCID', '0'))
-    env.setdefault('WORLD_SIZE', env.get('SLURM_NTASKS', '1'))
-    env.setdefault('LOCAL_RANK', env.get('SLURM_LOCALID', '0'))
-    env.setdefault('MASTER_PORT', '29500')
-    if 'MASTER_ADDR' not in env:
-        env['MASTER_ADDR'] = first_slurm_host(env.get('SLURM_NODELIST', '127.0.0.1'))
+    for name, source in LAUNCHER_ENV[launcher].items():
+        env.setdefault(name, env.get(source, '1' if name == 'WORLD_SIZE' else '0'))
+    env.setdefault('MASTER_PORT', DEFAULT_MASTER_PORT)
+    env.setdefault('MASTER_ADDR', master_addr)
+
+
+def _export_slurm_env() -> None:
+    """slurm: the master is the first host of ``SLURM_NODELIST``."""
+    nodes = os.environ.get('SLURM_NODELIST', '127.0.0.1')
+    _export_launcher_env('slurm', first_slurm_host(nodes))
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -58,13 +71,8 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _export_mpi_env() -> None:
-    """Fill torch's env:// variables from Open MPI's (as mmengine's mpi launcher does)."""
-    env = os.environ
-    env.setdefault('RANK', env.get('OMPI_COMM_WORLD_RANK', '0'))
-    env.setdefault('WORLD_SIZE', env.get('OMPI_COMM_WORLD_SIZE', '1'))
-    env.setdefault('LOCAL_RANK', env.get('OMPI_COMM_WORLD_LOCAL_RANK', '0'))
-    env.setdefault('MASTER_PORT', '29500')
-    env.setdefault('MASTER_ADDR', '127.0.0.1')
+    """Open MPI: the master defaults to this host."""
+    _export_launcher_env('mpi', '127.0.0.1')
 
 
 def adapt_cfg_to_cpu(cfg: Any) -> list[str]:
