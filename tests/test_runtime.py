@@ -94,10 +94,11 @@ def test_importing_the_runtime_is_what_applies_the_fixes():
         assert "'mmcv._ext'" in changed
 
 
-def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool) -> set[str]:
+def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool,
+                   onedl_mmdet: bool) -> set[str]:
     """The import-time fixes each stack needs, and nothing else."""
     fixes = {'quiet-warnings', 'quiet-log-records', 'weights-only-checkpoint-loader'}
-    if stack == 'openmmlab' and not compiled_ops:
+    if not compiled_ops and (stack == 'openmmlab' or onedl_mmdet):  # unguarded mmcv.ops
         fixes |= {'mmcv-ext-standin', 'torchvision-mmcv-ops'}
     if stack == 'onedl':
         fixes |= {'mmseg-config-scope'} | (set() if onedl_package else {'quiet-onedl-notice'})
@@ -106,16 +107,16 @@ def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool) -> set[s
 
 def test_the_active_stack_gets_exactly_its_fixes():
     code = ('import importlib.util, json\n'
-            'from mmvolo.stack import active_stack\n'
+            'from mmvolo.stack import active_stack, installed\n'
             'from mmvolo.runtime.mmcv_ext import has_compiled_mmcv_ops\n'
             'ops = has_compiled_mmcv_ops()\n'
             'import mmvolo.runtime as runtime\n'
             'print(json.dumps([active_stack(), ops, importlib.util.find_spec("onedl") is not None,'
-            ' sorted(runtime.ACTIVE_FIXES)]))\n')
+            ' bool(installed("onedl-mmdetection")), sorted(runtime.ACTIVE_FIXES)]))\n')
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    stack, ops, onedl_package, active = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(active) == expected_fixes(stack, ops, onedl_package)
+    *facts, active = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(active) == expected_fixes(*facts)
 
 
 def test_config_bases_resolve_and_import_is_silent_on_this_stack():

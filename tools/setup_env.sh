@@ -52,7 +52,7 @@ if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
 fi
 if [ "$stack" = onedl ]; then
   pip_install --upgrade setuptools  # builds the editable install (onedl needs no pin)
-  extras="onedl,cls-onedl,test"
+  extras="onedl,cls-onedl,det-onedl,test"
 else
   pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
   extras="openmmlab,cls,det,test"

@@ -80,7 +80,7 @@ def apply() -> None:
               "raised inside mmseg's own code)", silence_unactionable_warnings)
     _activate('quiet-log-records', "mmengine's FileClient/metric-prefix log records",
               filter_unactionable_log_records)
-    if _activate('mmcv-ext-standin', 'mmcv has no compiled ops and upstream mmsegmentation / '
+    if _activate('mmcv-ext-standin', 'mmcv has no compiled ops and mmsegmentation 1.2 / '
                  'mmdet import mmcv.ops unguarded', install_mmcv_ext_standin):
         _activate('torchvision-mmcv-ops', 'no compiled mmcv ops: nms and roi_align for '
                   'detection come from torchvision', _install_torchvision_ops)

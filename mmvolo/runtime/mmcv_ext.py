@@ -57,13 +57,13 @@ def has_compiled_mmcv_ops() -> bool:
         return False
 
 
-#: Upstream distributions that import ``mmcv.ops`` at module level, unguarded.
-UNGUARDED_MMCV_OPS_USERS = ('mmsegmentation', 'mmdet')
+#: Distributions that import ``mmcv.ops`` at module level, unguarded: upstream mmseg 1.2
+#: and mmdet 3.3 in many places, onedl-mmdetection 3.5 in ``base_roi_extractor.py``.
+UNGUARDED_MMCV_OPS_USERS = ('mmsegmentation', 'mmdet', 'onedl-mmdetection')
 
 
 def needs_mmcv_ext_standin() -> bool:
-    """No compiled ops, and an upstream mmseg (1.2) or mmdet (3.3), which import ``mmcv.ops``
-    unguarded, is installed."""
+    """No compiled ops, and a package that imports ``mmcv.ops`` unguarded is installed."""
     users = [provider(module) for module in ('mmseg', 'mmdet')]
     return (any(user is not None and user.distribution in UNGUARDED_MMCV_OPS_USERS
                 for user in users)
