@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import init_default_scope
 
 import mmvolo  # noqa: F401  (registers VOLO and the optimizer constructor)
 from mmvolo.models import ARCH_ZOO
+from mmvolo.utils import build_model_for_analysis
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'volo'
 NAME = re.compile(r'^volo-(?P<arch>d[1-5])_upernet_8xb(?P<batch>\d)-(?P<iters>\d+)k_'
@@ -146,11 +146,8 @@ def test_pipelines_build_and_run(path: Path, tmp_path: Path):
 
 # ------------------------------------------------------------------------------ models
 def build_cpu_model(cfg: Config) -> torch.nn.Module:
-    """cfg.model built on CPU: no checkpoint, SyncBN reverted to BN."""
-    init_default_scope('mmseg')
-    model_cfg = cfg.model.copy()
-    model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
-    return revert_sync_batchnorm(MODELS.build(model_cfg))
+    """cfg.model built on CPU: no checkpoint, SyncBN as BN (the tools' one builder)."""
+    return build_model_for_analysis(cfg, outlook_impl=None)
 
 
 @pytest.mark.parametrize('path', PAPER_CONFIGS, ids=config_id)

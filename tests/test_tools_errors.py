@@ -187,13 +187,9 @@ def test_cli_reports_one_line(cli_results, case):
 @pytest.fixture(scope='module')
 def toy_checkpoint(tmp_path_factory) -> Path:
     """A segmentor checkpoint of the toy config (random weights)."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+    from mmvolo.utils import build_model_for_analysis
 
-    cfg = Config.fromfile(str(TOY_CONFIG))
-    init_default_scope('mmseg')
-    model = MODELS.build(dict(cfg.model, backbone=dict(cfg.model.backbone, init_cfg=None)))
+    model = build_model_for_analysis(str(TOY_CONFIG), outlook_impl=None)
     path = tmp_path_factory.mktemp('toy_ckpt') / 'toy.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
