@@ -52,12 +52,13 @@ val_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# Schedule: AdamW (lr 4e-3) for 800 iterations of batch 2. The old SGD (lr 0.05, momentum 0.9),
+# Schedule: AdamW (lr 6e-3) for 800 iterations of batch 2. The old SGD (lr 0.05, momentum 0.9),
 # 400 x batch 4, learnt by seed luck (final mIoU 36-89 over seeds 0-4): the rarer object classes
 # stayed merged into one. AdamW at 1e-3 was slower still, batch 8 worse than 4; what splits
 # them is more (noisier) steps, at about the same cost per run. With the generator's even class
 # areas (mmvolo/datasets/toy_generator.py) every seed tried learns all six classes.
-optimizer = dict(_delete_=True, type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.05)
+# lr 6e-3, not 4e-3 (onedl seed 3 kept box merged into triangle, mIoU 79): all seeds split
+optimizer = dict(_delete_=True, type='AdamW', lr=6e-3, betas=(0.9, 0.999), weight_decay=0.05)
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=40),

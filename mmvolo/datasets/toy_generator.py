@@ -109,7 +109,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _center_radius(rng: np.random.Generator, size: int) -> tuple[int, int, int]:
-    radius = int(rng.integers(size // 6, size // 3 + 1))
+    # smallest radius size // 5 (12 px at 64), not size // 6: small boxes were the class that
+    # stayed merged into triangles for some seeds; bigger ones split early on both stacks
+    radius = int(rng.integers(size // 5, size // 3 + 1))
     cx, cy = (int(v) for v in rng.integers(radius // 2, size - radius // 2, 2))
     return cx, cy, radius
 
