@@ -1,5 +1,6 @@
 """Shared fixtures: tiny VOLO settings and a deterministic seed for every test."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -22,3 +23,16 @@ def _seed():
 @pytest.fixture
 def tiny_arch():
     return dict(TINY_ARCH)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _passing_run_keeps_no_temp_files(request, tmp_path_factory):
+    """A passing run leaves nothing in pytest's temp folder.
+
+    ``tmp_path_retention_policy = "failed"`` (pyproject.toml) drops passing tests' ``tmp_path``
+    but keeps the module fixtures' ``tmp_path_factory.mktemp`` folders (D1 checkpoints:
+    ~300 MB a run); they go here when no test failed.
+    """
+    yield
+    if request.session.testsfailed == 0:
+        shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
