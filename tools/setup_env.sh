@@ -51,7 +51,6 @@ if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   pip_install $torch_spec
 fi
 if [ "$stack" = onedl ]; then
-  pip_install --upgrade setuptools  # builds the editable install (onedl needs no pin)
   extras="onedl,cls-onedl,det-onedl,test"
 else
   pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
@@ -61,7 +60,13 @@ else
   fi
 fi
 echo "[mmvolo] installing mmvolo[$extras] (editable) and its pinned dependencies ($stack stack)"
-pip_install --no-build-isolation -e "$root[$extras]"
+if [ "$stack" = onedl ]; then
+  # with build isolation: onedl-mmcv's sdist then skips its compiled ops (seconds); without
+  # it, it tries to compile them against this torch and fails (-std=c++17 vs ATen's C++20)
+  pip_install -e "$root[$extras]"
+else
+  pip_install --no-build-isolation -e "$root[$extras]"
+fi
 "$py" -c "import mmvolo.runtime" || {
   echo "[mmvolo] install failed: 'import mmvolo.runtime' does not work in $venv" >&2; exit 1; }
 printf '%s' "$want" > "$stamp"
