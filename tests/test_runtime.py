@@ -87,13 +87,22 @@ def import_footprint(module: str, *hosts: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.mark.parametrize('module, hosts', [('mmvolo', ()), ('mmvolo.models', ()),
-                                           ('mmvolo.ops', ()), ('mmvolo.cls', ('mmpretrain.models',))])
+@pytest.mark.parametrize('module, hosts', [
+    ('mmvolo', ()), ('mmvolo.models', ()), ('mmvolo.ops', ()),
+    ('mmvolo.cls', ('mmpretrain.models',))])
 def test_importing_the_plugin_changes_nothing_in_the_host(module, hosts):
     """``import mmvolo`` registers modules only: mmengine's checkpoint loaders, its logger,
     warning filters and ``sys.modules`` (no stand-ins) are as before the import. (mmvolo.cls
     needs mmpretrain, imported first: onedl-mmpretrain sets warning filters of its own.)"""
     assert import_footprint(module, *hosts).splitlines()[-1] == '[] [] []'
+
+
+def test_importing_the_plugin_does_not_load_dynamo():
+    """Marking the dispatcher's trace-time helpers must not import torch._dynamo (0.4 s, and
+    numpy.random's Cython runtime module with it) on every ``import mmvolo``."""
+    result = run_python("import sys, mmvolo; print('torch._dynamo' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == 'False'
 
 
 def test_importing_the_runtime_is_what_applies_the_fixes():

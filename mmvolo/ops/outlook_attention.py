@@ -28,7 +28,7 @@ to the reference. Selection, for the tensors at hand:
 
 ``torch.compile``: the decision is plain Python on tensor attributes (device, dtype), so
 dynamo resolves it while tracing, without a graph break; warning and logging run through
-:func:`torch.compiler.assume_constant_result` functions, i.e. once at trace time.
+:func:`torch.compiler.assume_constant_result`-marked functions, i.e. once at trace time.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -211,7 +212,22 @@ def _auto_impl(v: torch.Tensor, logits: torch.Tensor) -> str:
                        f'{passed_over}')
 
 
-@torch.compiler.assume_constant_result
+def _constant_at_trace_time(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)``, without importing dynamo at import time.
+
+    That function imports ``torch._dynamo`` (0.4 s, numpy.random with it) only to mark ``fn``
+    for dynamo; ``import mmvolo`` should not pay that. With dynamo loaded its own decorator
+    marks ``fn``; otherwise the same mark is set here, which dynamo reads when it traces
+    (``test_compile_fallback_and_debug_log_without_graph_break`` holds it).
+    """
+    dynamo = sys.modules.get('torch._dynamo')
+    if dynamo is not None:
+        return dynamo.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # what torch._dynamo.assume_constant_result sets
+    return fn
+
+
+@_constant_at_trace_time
 def _log_auto_choice(chosen: str, passed_over: tuple, device: str, v_dtype: torch.dtype,
                      logits_dtype: torch.dtype) -> bool:
     """Debug log of 'auto's choice (run by dynamo at trace time, so no graph break)."""
@@ -222,7 +238,7 @@ def _log_auto_choice(chosen: str, passed_over: tuple, device: str, v_dtype: torc
     return True
 
 
-@torch.compiler.assume_constant_result
+@_constant_at_trace_time
 def _warn_fallback(requested: str, source: str, reason: str, chosen: str) -> bool:
     """Warn once per (requested, reason) that ``chosen`` runs instead of ``requested``."""
     if (requested, reason) not in _WARNED:
