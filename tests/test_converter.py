@@ -409,16 +409,42 @@ def test_sigterm_inside_the_write_removes_the_temporary_file(tmp_path):
     assert dst.read_bytes() == b'previous conversion'
 
 
+HOLD_INSIDE_THE_WRITE = """
+import runpy, sys, time
+from pathlib import Path
+import mmvolo.converter as converter
+
+marker = Path(sys.argv.pop())
+
+
+def hold(*args, **kwargs):  # verification, inside atomic_path: the temporary file exists
+    marker.write_text('inside the write')
+    time.sleep(120)  # SIGTERM ends this
+
+
+converter.verify_conversion = hold
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def test_cli_sigterm_mid_write_leaves_nothing(d1_source, tmp_path):
-    """SIGTERM while the temporary file exists (--verify keeps it there for seconds)."""
+    """SIGTERM while the CLI is inside its write: exit 143, one line, no file left behind.
+
+    The child holds inside the write (its --verify step is replaced by a wait that first
+    writes a marker), so the signal always lands while the temporary file exists.
+    """
     out = tmp_path / 'out'
     out.mkdir()
-    process = subprocess.Popen([sys.executable, str(CLI), str(d1_source), str(out / 'x.pth'),
-                                '--verify'], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    marker = tmp_path / 'inside'
+    process = subprocess.Popen(
+        [sys.executable, '-c', HOLD_INSIDE_THE_WRITE, str(CLI), str(d1_source),
+         str(out / 'x.pth'), '--verify', str(marker)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(out.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert marker.exists() and len(list(out.iterdir())) == 1, 'the CLI never reached its write'
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
