@@ -88,6 +88,8 @@ def _is_segmentor(model_type: Any) -> bool:
     cls = model_type if isinstance(model_type, type) else None
     if isinstance(model_type, str):
         cls = MODELS.get(model_type)
+    if callable(getattr(cls, 'segmentor_class', None)):  # mmvolo's lazy builders
+        cls = cls.segmentor_class()
     return cls is not None and issubclass(cls, BaseSegmentor)
 
 

@@ -1,8 +1,12 @@
 """Models: the VOLO backbone and its reusable blocks (registered in mmengine's MODELS)."""
 from .arch_zoo import ARCH_ZOO, resolve_arch
 from .blocks import Outlooker, VOLOTransformerBlock
+from .mixer_neck import MixerNeck
+from .mixers import DWConvMixer, Involution, LocalSelfAttention
 from .outlook_attention import OutlookAttention
 from .volo import VOLO
 
-__all__ = ['ARCH_ZOO', 'VOLO', 'OutlookAttention', 'Outlooker', 'VOLOTransformerBlock',
-           'resolve_arch']
+__all__ = ['ARCH_ZOO', 'VOLO', 'MixerNeck', 'OutlookAttention', 'Outlooker',
+           'VOLOTransformerBlock', 'resolve_arch',
+           'DWConvMixer', 'Involution', 'LocalSelfAttention']
+from . import segmentors  # noqa: E402,F401  (registers BatchedSlideEncoderDecoder; no mmseg import)

@@ -13,7 +13,7 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 
 from ..registry import MODELS
-from .outlook_attention import OutlookAttention
+from .token_mixer import DEFAULT_TOKEN_MIXER, build_token_mixer, mixer_type
 
 #: VOLO's LayerNorm (official eps).
 DEFAULT_NORM_CFG = dict(type='LN', eps=1e-5)
@@ -66,6 +66,12 @@ class PreNormResidualBlock(BaseModule):
 class Outlooker(PreNormResidualBlock):
     """Outlooker block: x + OutlookAttention(LN(x)), then x + Mlp(LN(x)).
 
+    ``token_mixer`` swaps OutlookAttention for another registered mixer (Involution,
+    LocalSelfAttention, DWConvMixer, ...) in the same block; it is built with this block's
+    ``embed_dims`` and, where its constructor takes them and the config does not set them,
+    ``num_heads`` and ``qkv_bias``. The outlook window arguments (``kernel_size``,
+    ``padding``, ``stride``, ``impl``) apply to OutlookAttention only.
+
     Args:
         embed_dims: channels C.
         num_heads: outlook-attention heads.
@@ -76,6 +82,8 @@ class Outlooker(PreNormResidualBlock):
         drop_path_rate: stochastic depth. Default: 0 (the official models use none here).
         norm_cfg, act_cfg: mmcv norm / activation configs. Default: LN eps 1e-5, GELU.
         impl: outlook-attention implementation (see :mod:`mmvolo.ops`). Default: None (auto).
+        token_mixer: config of the mixer, e.g. ``dict(type='Involution', groups=12)``.
+            Default: None (OutlookAttention).
         init_cfg: mmengine init config. Default: None.
 
     Shapes:
@@ -86,9 +94,12 @@ class Outlooker(PreNormResidualBlock):
                  stride: int = 1, mlp_ratio: float = 3., qkv_bias: bool = False,
                  drop_path_rate: float = 0., norm_cfg: dict = DEFAULT_NORM_CFG,
                  act_cfg: dict = DEFAULT_ACT_CFG, impl: str | None = None,
+                 token_mixer: dict | None = None,
                  init_cfg: dict | list | None = None) -> None:
-        mixer = OutlookAttention(embed_dims, num_heads, kernel_size, padding, stride,
-                                 qkv_bias=qkv_bias, impl=impl)
+        defaults: dict = dict(num_heads=num_heads, qkv_bias=qkv_bias)
+        if mixer_type(token_mixer) == DEFAULT_TOKEN_MIXER:
+            defaults.update(kernel_size=kernel_size, padding=padding, stride=stride, impl=impl)
+        mixer = build_token_mixer(token_mixer, embed_dims, **defaults)
         super().__init__(embed_dims, mixer, mlp_ratio, drop_path_rate, norm_cfg, act_cfg,
                          init_cfg)
 

@@ -21,6 +21,7 @@ from ..registry import MODELS
 from .arch_zoo import resolve_arch
 from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
 from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
+from .token_mixer import DEFAULT_TOKEN_MIXER, mixer_type
 from .weights import CheckpointError, describe_state_dict, detect_arch, load_volo_weights
 
 #: ``network`` index of each block group: the outlookers, then three transformer groups
@@ -104,6 +105,11 @@ class VOLO(BaseModule):
         norm_eval: keep the stem's BatchNorms in eval mode while training. Default: False.
         outlook_impl: outlook-attention implementation (see :mod:`mmvolo.ops`); None follows
             $MMVOLO_OUTLOOK_IMPL, else 'auto'. Default: None.
+        token_mixer: the outlooker stage's token mixer, e.g. ``dict(type='Involution')``
+            (see :mod:`mmvolo.models.token_mixer`); every output keeps its shape. With
+            ``init_cfg=Pretrained``, a mixer other than OutlookAttention starts from VOLO's
+            init and everything else loads from the checkpoint. Default: None
+            (OutlookAttention, the official model).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads official/timm/converted
             VOLO weights; other mmengine init configs are applied after VOLO's own init.
     """
@@ -114,9 +120,11 @@ class VOLO(BaseModule):
                  drop_path_rate: float = 0., attn_drop_rate: float = 0., qkv_bias: bool = False,
                  norm_cfg: dict = DEFAULT_NORM_CFG, with_cp: bool = False,
                  norm_eval: bool = False, outlook_impl: str | None = None,
+                 token_mixer: dict | None = None,
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         settings = resolve_arch(arch)
+        self.token_mixer = mixer_type(token_mixer)
         args = validate_volo_args(img_size=img_size, in_channels=in_channels,
                                   out_indices=out_indices, frozen_stages=frozen_stages,
                                   drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate)
@@ -139,7 +147,7 @@ class VOLO(BaseModule):
         network: list[nn.Module] = [nn.Sequential(*[
             Outlooker(dims[0], heads[0], kernel_size=3, padding=1, stride=2,
                       mlp_ratio=settings['mlp_ratio'], qkv_bias=qkv_bias, norm_cfg=norm_cfg,
-                      impl=outlook_impl)
+                      impl=outlook_impl, token_mixer=token_mixer)
             for _ in range(layers[0])])]
         network.append(Downsample(dims[0], dims[1], 2))
         for group in range(1, 4):
@@ -295,6 +303,8 @@ class VOLO(BaseModule):
     def init_weights(self) -> None:
         """Truncated-normal init as the official code, or load ``init_cfg``'s checkpoint."""
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            if self.token_mixer != DEFAULT_TOKEN_MIXER:  # the swapped mixer starts from init
+                self.network[GROUP_NETWORK_INDEX[0]].apply(_init_linear)
             self.load_pretrained(self.init_cfg['checkpoint'])
             self._is_init = True
             return
@@ -312,14 +322,23 @@ class VOLO(BaseModule):
         """
         grid = tuple(self.pos_embed.shape[1:3])
         state_dict, report, notes = load_volo_weights(checkpoint, pos_embed_size=grid)
+        mixer_keys = self._swapped_mixer_keys(state_dict)
+        for key in mixer_keys['dropped']:
+            del state_dict[key]
         self._check_shapes(state_dict, checkpoint)
         result = self.load_state_dict(state_dict, strict=False)
         new_layers = [key for key in result.missing_keys if key.startswith(('out_norms.',
                                                                              'upsample.'))]
-        missing = [key for key in result.missing_keys if key not in new_layers]
+        missing = [key for key in result.missing_keys
+                   if key not in new_layers and key not in mixer_keys['new']]
         lines = [f'VOLO: loaded {len(state_dict)} tensors from {checkpoint}'
                  + (f" ({', '.join(notes)})" if notes else ''),
                  f'  dropped classification-only keys: {len(report.dropped)}']
+        if mixer_keys['new']:
+            lines.append(f"  token mixer {self.token_mixer}: newly initialised "
+                         f"{len(mixer_keys['new'])} tensors (network.0.*.attn.*), "
+                         f"{len(mixer_keys['dropped'])} OutlookAttention tensors of the "
+                         'checkpoint not used')
         if report.resized:
             lines.append(f"  pos_embed resized {report.resized['pos_embed'][0]} -> "
                          f"{report.resized['pos_embed'][1]}")
@@ -330,6 +349,15 @@ class VOLO(BaseModule):
         if result.unexpected_keys:
             lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
         print_log('\n'.join(lines), logger='current')
+
+    def _swapped_mixer_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """With a mixer other than OutlookAttention: its own parameter names (``new``, left at
+        VOLO's init) and the checkpoint's outlook-attention names (``dropped``)."""
+        if self.token_mixer == DEFAULT_TOKEN_MIXER:
+            return {'new': [], 'dropped': []}
+        pattern = re.compile(rf'^network\.{GROUP_NETWORK_INDEX[0]}\.\d+\.attn\.')
+        return {'new': [key for key in self.state_dict() if pattern.match(key)],
+                'dropped': [key for key in state_dict if pattern.match(key)]}
 
     def _check_shapes(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         own = self.state_dict()

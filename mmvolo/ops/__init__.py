@@ -7,6 +7,9 @@ a failing triton never breaks ``import mmvolo``). A further implementation is on
 calling :func:`register_outlook_impl`, imported here.
 """
 from . import outlook_chunked, outlook_reference  # noqa: F401  (register themselves)
+from .dwconv import depthwise_conv
+from .involution import involution
+from .local_attention import local_attention
 from .outlook_attention import (
     IMPL_ENV_VAR,
     OutlookImplFallbackWarning,
@@ -30,4 +33,6 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
 __all__ = ['IMPL_ENV_VAR', 'OutlookImplFallbackWarning', 'available_impls', 'known_impls',
            'outlook_attention', 'outlook_attention_reference', 'register_outlook_impl',
            'register_unavailable_impl', 'temporary_outlook_impl', 'unregister_outlook_impl',
-           'unsupported_reason']
+           'unsupported_reason',
+           # sliding-window token-mixer ops, impl='auto'|'reference'|'fast' (.window_utils)
+           'depthwise_conv', 'involution', 'local_attention']

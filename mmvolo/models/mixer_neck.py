@@ -1,0 +1,109 @@
+"""MixerNeck: Outlooker (or any token-mixer) blocks on a backbone's pyramid, before the head."""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+
+from ..registry import MODELS
+from .blocks import DEFAULT_ACT_CFG, DEFAULT_NORM_CFG, PreNormResidualBlock
+from .token_mixer import build_token_mixer
+
+#: The neck's default mixer: outlook attention at stride 1 (every position predicts its own
+#: window weights; the maps a neck sees are already downsampled by the backbone).
+DEFAULT_NECK_MIXER = dict(type='OutlookAttention', kernel_size=3, padding=1, stride=1)
+
+
+@MODELS.register_module()
+class MixerNeck(BaseModule):
+    """``num_blocks`` pre-norm residual token-mixer blocks (x + mixer(LN(x)), then
+    x + Mlp(LN(x)), as VOLO's Outlooker) on chosen pyramid levels of any backbone (VOLO, Swin,
+    ResNet, ...); the other levels pass through unchanged.
+
+    Args:
+        in_channels: channels of each input level, e.g. ``[96, 192, 384, 768]`` (Swin-T).
+        levels: the levels that get blocks. Default: None (all).
+        num_blocks: blocks per selected level. Default: 1.
+        token_mixer: mixer config (see :mod:`mmvolo.models.token_mixer`); ``embed_dims`` is
+            each level's channels. Default: OutlookAttention, K=3, stride 1.
+        head_dims: channels per head, for mixers that take ``num_heads`` and whose config
+            does not set it: ``num_heads = C // head_dims``. Default: 32.
+        mlp_ratio: MLP hidden size / C. Default: 3.
+        drop_path_rate: stochastic depth of every block. Default: 0.
+        norm_cfg, act_cfg: mmcv norm / activation configs. Default: LN eps 1e-5, GELU.
+        init_cfg: Default: truncated normal (std .02) for the linears, as VOLO.
+
+    Shapes:
+        inputs: tuple of (B, C_i, H_i, W_i), one per level -> a tuple of the same shapes
+        (NCHW-contiguous).
+    """
+
+    def __init__(self, in_channels: Sequence[int], levels: Sequence[int] | None = None,
+                 num_blocks: int = 1, token_mixer: dict | None = None, head_dims: int = 32,
+                 mlp_ratio: float = 3., drop_path_rate: float = 0.,
+                 norm_cfg: dict = DEFAULT_NORM_CFG, act_cfg: dict = DEFAULT_ACT_CFG,
+                 init_cfg: dict | list | None = None) -> None:
+        if init_cfg is None:
+            init_cfg = dict(type='TruncNormal', layer='Linear', std=.02, bias=0.)
+        super().__init__(init_cfg=init_cfg)
+        self.in_channels = _check_channels(in_channels)
+        self.levels = _check_levels(levels, len(self.in_channels))
+        if not _is_count(num_blocks):
+            raise ValueError(f'MixerNeck num_blocks={num_blocks!r}: must be an int >= 1')
+        mixer_cfg = DEFAULT_NECK_MIXER if token_mixer is None else token_mixer
+        self.stages = nn.ModuleDict({
+            str(level): nn.Sequential(*[
+                PreNormResidualBlock(
+                    self.in_channels[level],
+                    _build_mixer(mixer_cfg, self.in_channels[level], head_dims, level),
+                    mlp_ratio, drop_path_rate, norm_cfg, act_cfg, init_cfg=None)
+                for _ in range(num_blocks)])
+            for level in self.levels})
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self.in_channels):
+            raise ValueError(f'MixerNeck expects {len(self.in_channels)} levels (in_channels '
+                             f'{self.in_channels}), got {len(inputs)}; set in_channels to the '
+                             "backbone's out_channels")
+        outputs = []
+        for level, feature in enumerate(inputs):
+            if str(level) in self.stages:
+                tokens = self.stages[str(level)](feature.permute(0, 2, 3, 1))
+                feature = tokens.permute(0, 3, 1, 2).contiguous()
+            outputs.append(feature)
+        return tuple(outputs)
+
+
+def _build_mixer(cfg: dict, channels: int, head_dims: int, level: int) -> nn.Module:
+    if 'num_heads' in cfg:
+        return build_token_mixer(cfg, channels)
+    if not _is_count(head_dims) or channels % head_dims:
+        raise ValueError(f'MixerNeck level {level} has {channels} channels, not a multiple of '
+                         f'head_dims={head_dims!r}; set head_dims or token_mixer.num_heads')
+    return build_token_mixer(cfg, channels, num_heads=channels // head_dims)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_channels(in_channels: Sequence[int]) -> list[int]:
+    if (isinstance(in_channels, (str, bytes)) or not isinstance(in_channels, Sequence)
+            or not in_channels or not all(_is_count(c) for c in in_channels)):
+        raise ValueError(f'MixerNeck in_channels={in_channels!r}: must be a non-empty list of '
+                         "ints >= 1, the backbone's out_channels")
+    return [int(c) for c in in_channels]
+
+
+def _check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
+    if levels is None:
+        return list(range(num_levels))
+    if (isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels
+            or not all(isinstance(i, numbers.Integral) and 0 <= i < num_levels
+                       for i in levels)):
+        raise ValueError(f'MixerNeck levels={levels!r}: must be a non-empty list of level '
+                         f'indices in 0..{num_levels - 1}')
+    return sorted({int(i) for i in levels})

@@ -1,0 +1,88 @@
+"""Depthwise KxK convolution of channels-last tokens as one functional op (reference + fast).
+
+    out[p, c] = bias[c] + sum_{a, b in [0, K)} weight[c, 0, a, b] * x[p + (a - K//2, b - K//2), c]
+
+with x zero outside the image (stride 1, padding K//2); ``weight`` has ``nn.Conv2d``'s layout
+(C, 1, K, K) for ``groups=C``.
+
+* ``'reference'``: the formula with ``F.unfold`` of x into (B, C, K*K, H, W) (holds the
+  K*K*C*H*W neighbourhood).
+* ``'fast'`` (``'auto'``): ``F.conv2d(groups=C)`` on the channels-last memory layout (the
+  permuted view of x; no copy), which is what the formula is.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .window_utils import check_kernel_size, check_tokens, resolve_impl
+
+OP = 'depthwise_conv'
+
+
+def check_depthwise_conv_inputs(x: torch.Tensor, weight: torch.Tensor,
+                                bias: torch.Tensor | None) -> None:
+    """One-line ValueError when x, weight and bias do not fit together."""
+    check_tokens(OP, 'x', x)
+    channels = x.shape[-1]
+    if weight.dim() != 4 or weight.shape[0] != channels or weight.shape[1] != 1 \
+            or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f'{OP}: weight must be (C, 1, K, K) with C = {channels}; got '
+                         f'{tuple(weight.shape)}')
+    check_kernel_size(OP, int(weight.shape[-1]))
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f'{OP}: bias must be (C,) = ({channels},); got {tuple(bias.shape)}')
+
+
+def depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor,
+                             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Unfold x, weight each window position, sum over the window.
+
+    Args:
+        x: (B, H, W, C).
+        weight: (C, 1, K, K), K odd.
+        bias: (C,) or None.
+
+    Returns:
+        (B, H, W, C).
+    """
+    batch, height, width, channels = x.shape
+    size = weight.shape[-1]
+    x_unf = F.unfold(x.permute(0, 3, 1, 2), size, padding=size // 2)
+    x_unf = x_unf.view(batch, channels, size * size, height, width)
+    out = (x_unf * weight.reshape(1, channels, size * size, 1, 1)).sum(dim=2)
+    if bias is not None:
+        out = out + bias.view(1, channels, 1, 1)
+    return out.permute(0, 2, 3, 1)
+
+
+def depthwise_conv_fast(x: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(groups=C)``; shapes as the reference."""
+    size = weight.shape[-1]
+    out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=size // 2,
+                   groups=x.shape[-1])
+    return out.permute(0, 2, 3, 1)
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   impl: str | None = 'auto') -> torch.Tensor:
+    """Depthwise KxK convolution of channels-last tokens (module docstring: the formula).
+
+    Args:
+        x: (B, H, W, C).
+        weight: (C, 1, K, K), K odd (``nn.Conv2d(C, C, K, groups=C).weight``).
+        bias: (C,) or None. Default: None.
+        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'.
+
+    Returns:
+        (B, H, W, C).
+    """
+    name = resolve_impl(OP, impl)
+    check_depthwise_conv_inputs(x, weight, bias)
+    fn = depthwise_conv_fast if name == 'fast' else depthwise_conv_reference
+    return fn(x, weight, bias)
+
+
+__all__ = ['depthwise_conv', 'depthwise_conv_fast', 'depthwise_conv_reference',
+           'check_depthwise_conv_inputs']

@@ -1,0 +1,377 @@
+"""Export a segmentor (VOLO backbone + decode head) to ONNX and check it in onnxruntime.
+
+    python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --out FILE.onnx [--shape H W]
+        [--dynamic] [--opset 18] [--tolerance 1e-4] [--benchmark N] [--trust]
+        [--cfg-options KEY=VALUE ...]
+
+The graph maps images (B, C, H, W), float32, already normalised the way the config's
+``data_preprocessor`` does it (mean/std, BGR->RGB; not part of the graph, recorded in the
+file's metadata), to logits (B, num_classes, H, W): mmseg's ``EncoderDecoder`` backbone +
+decode head, bilinearly resized to the input size (``encode_decode`` of a whole image; the
+auxiliary head is training-only and not exported). ``--shape`` (default: the config's
+``crop_size``) fixes H and W; ``--dynamic`` makes the batch size dynamic. Without CHECKPOINT
+the weights are random (checks the graph, not a model to deploy).
+
+Export uses PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``, which needs
+onnxscript), with outlook attention forced to the ``'reference'`` impl
+(:func:`mmvolo.ops.impl_override.forced_outlook_impl`): its unfold/fold become standard ONNX
+ops (fold -> ``Col2Im``, hence opset >= 18), while the fast impls are custom ops ONNX does
+not know. The file is then run in onnxruntime (CPUExecutionProvider) on random input and
+compared with the PyTorch model as configured (its own outlook impl); the max abs difference
+is printed, and beyond ``--tolerance`` the export fails (exit 1). The .onnx is written to a
+temporary file, checked, then renamed into place: a failed run leaves nothing (an existing
+FILE is kept). ``--benchmark N`` also prints PyTorch vs onnxruntime latency (median of N).
+
+Bad input (missing config, unreadable checkpoint, non-positive shape, an output that is the
+checkpoint or in a missing folder, onnx/onnxruntime/onnxscript not installed) prints one line
+``error: ...`` and exits with status 2 (1: unusable checkpoint, export or parity failure).
+See docs/deploy.md.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import mmvolo  # noqa: F401 - registers VOLO and its modules
+from mmvolo import runtime  # noqa: F401 - the stack fixes, before mmseg loads
+from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config, run_tool
+from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
+from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
+from mmvolo.checkpoint import first_line
+from mmvolo.fileio import atomic_path
+from mmvolo.ops import IMPL_ENV_VAR
+from mmvolo.ops.impl_override import forced_outlook_impl
+
+#: Col2Im (the fold of the reference outlook attention) exists from opset 18 on.
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+#: The impl outlook attention runs as in the exported graph (see the module docstring).
+EXPORT_IMPL = 'reference'
+#: A protobuf message (the .onnx without external data) cannot exceed 2 GiB.
+PROTOBUF_LIMIT = 2 ** 31
+DEPLOY_PACKAGES = ('onnx', 'onnxruntime', 'onnxscript')
+INPUT_NAME, OUTPUT_NAME = 'images', 'seg_logits'
+#: The batch sizes the parity check runs (a --dynamic export is traced at batch 2).
+PARITY_BATCHES = {False: (1,), True: (1, 2)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = ToolArgumentParser(description='Export a segmentor to ONNX; check it in '
+                                'onnxruntime')
+    parser.add_argument('config', help='model config file')
+    parser.add_argument('checkpoint', nargs='?', help='trained checkpoint (default: random '
+                        'weights, to check the graph only)')
+    parser.add_argument('--out', required=True, help='the .onnx file to write')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input height and width (default: the config crop_size)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch size (H and W stay fixed: see docs/deploy.md)')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help=f'ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})')
+    parser.add_argument('--tolerance', type=float, default=1e-4,
+                        help='max abs difference to PyTorch allowed (default 1e-4)')
+    parser.add_argument('--benchmark', type=int, default=0, metavar='N',
+                        help='also time PyTorch and onnxruntime, median of N runs')
+    parser.add_argument('--trust', action='store_true',
+                        help='unpickle CHECKPOINT with full trust (runs code inside it; only '
+                        'for files you trust)')
+    add_cfg_options(parser)
+    return parser.parse_args()
+
+
+# ------------------------------------------------------------------------------- checks
+def check_numbers(args: argparse.Namespace) -> None:
+    """Shape, opset, tolerance and benchmark count, before anything is loaded."""
+    if args.shape is not None:
+        check_shape(tuple(args.shape), '--shape')
+    if args.opset < MIN_OPSET:
+        raise UsageError(f'--opset {args.opset}: outlook attention exports as Col2Im, which '
+                         f'needs opset >= {MIN_OPSET}; pass --opset {MIN_OPSET} or higher')
+    if not args.tolerance > 0:
+        raise UsageError(f'--tolerance must be positive, got {args.tolerance}')
+    if args.benchmark < 0:
+        raise UsageError(f'--benchmark N must be at least 1 (0: no benchmark), got '
+                         f'{args.benchmark}')
+
+
+def check_shape(shape: tuple[int, ...], source: str) -> None:
+    if len(shape) != 2 or min(shape) <= 0:
+        raise UsageError(f'{source} must be two positive sizes H W, got '
+                         f'{" ".join(map(str, shape))}')
+
+
+def check_out(out: str, inputs: list[str]) -> None:
+    """A .onnx file in an existing folder that is none of the inputs."""
+    if not out.endswith('.onnx'):
+        raise UsageError(f'--out {out}: name a .onnx file (e.g. --out work_dirs/model.onnx)')
+    if osp.isdir(out):
+        raise UsageError(f'--out {out} is a folder; name a .onnx file in it')
+    folder = osp.dirname(osp.abspath(out))
+    if not osp.isdir(folder):
+        raise UsageError(f'--out {out}: folder {folder} does not exist; create it first')
+    for path in inputs:
+        if osp.realpath(out) == osp.realpath(path):
+            raise UsageError(f'--out {out} is the input file {path}: it would be overwritten; '
+                             'choose another output name')
+
+
+def check_deploy_packages() -> dict[str, Any]:
+    """Import onnx, onnxruntime and onnxscript; one line naming the install if any is missing."""
+    modules, missing = {}, []
+    for name in DEPLOY_PACKAGES:
+        try:
+            modules[name] = importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(f'ONNX export needs {", ".join(DEPLOY_PACKAGES)} ({", ".join(missing)} '
+                         "missing): pip install -e '.[deploy]' (or bash tools/setup_env.sh)")
+    return modules
+
+
+def default_shape(cfg) -> tuple[int, int]:
+    crop = cfg.get('crop_size', (512, 512))
+    try:
+        shape = int(crop[0]), int(crop[1])
+    except (TypeError, ValueError, IndexError):
+        raise UsageError(f"the config's crop_size {crop!r} is not (H, W); pass --shape H W"
+                         ) from None
+    check_shape(shape, "the config's crop_size (or --shape)")
+    return shape
+
+
+# ------------------------------------------------------------------------------- the model
+def build_segmentor(cfg, checkpoint: str | None, trust: bool):
+    """The config's segmentor on CPU in eval mode (SyncBN as BN), checkpoint loaded if given.
+
+    Outlook attention keeps the impl the config asks for (``model.backbone.outlook_impl``,
+    else $MMVOLO_OUTLOOK_IMPL, else 'auto'): that is the model the parity check compares to.
+    """
+    from mmvolo.utils.config import build_model_for_analysis
+
+    backbone = cfg.model.get('backbone', {})
+    outlook_impl = backbone.get('outlook_impl') if isinstance(backbone, dict) else None
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, cfg, trust=trust)
+    try:
+        model = build_model_for_analysis(cfg.copy(), outlook_impl=outlook_impl)
+    except Exception as error:  # noqa: BLE001 - a config whose model does not build
+        raise UsageError(f'cannot build the model: {first_line(error, 300)}') from None
+    if checkpoint is not None:
+        state_dict = model_state_dict(read_checkpoint_for_tool(checkpoint, trust))
+        result = model.load_state_dict(state_dict, strict=False)
+        missing = [key for key in result.missing_keys if not key.endswith('num_batches_tracked')]
+        if missing:  # check_checkpoint refuses these; kept as a guard
+            raise UsageError(f'checkpoint {checkpoint} lacks {missing[0]}', exit_code=1)
+    return model.eval()
+
+
+class SegmentorLogits(torch.nn.Module):
+    """images (B, C, H, W), normalised -> logits (B, num_classes, H, W).
+
+    mmseg's ``EncoderDecoder.encode_decode`` for a whole image (``test_cfg`` mode 'whole'):
+    backbone (+ neck), decode head, bilinear resize to the input size.
+    """
+
+    def __init__(self, segmentor: torch.nn.Module) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.segmentor.extract_feat(images)
+        logits = self.segmentor.decode_head.forward(features)
+        return F.interpolate(logits, size=images.shape[2:], mode='bilinear',
+                             align_corners=self.segmentor.decode_head.align_corners)
+
+
+def in_channels(segmentor) -> int:
+    return int(getattr(segmentor.backbone, 'in_channels', 3))
+
+
+def model_bytes(module) -> int:
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def preprocess_metadata(cfg) -> dict[str, str]:
+    """What the data_preprocessor does before the graph (the caller must do it)."""
+    pre = cfg.model.get('data_preprocessor') or {}
+    return {'mean': str(list(pre.get('mean') or [])), 'std': str(list(pre.get('std') or [])),
+            'bgr_to_rgb': str(bool(pre.get('bgr_to_rgb', False)))}
+
+
+# ------------------------------------------------------------------------------- export
+def export(module, example, dynamic: bool, opset: int):
+    """``torch.onnx.export(dynamo=True)`` with outlook attention forced to EXPORT_IMPL."""
+    from torch.export import Dim
+
+    dynamic_shapes = {INPUT_NAME: {0: Dim('batch', min=1)}} if dynamic else None
+    with forced_outlook_impl(module, EXPORT_IMPL), torch.no_grad():
+        try:
+            return torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                     dynamic_shapes=dynamic_shapes, external_data=False,
+                                     verbose=False)
+        except Exception as error:  # noqa: BLE001 - the exporter raises many types
+            raise UsageError(f'torch.onnx.export failed: {export_failure(error)}',
+                             exit_code=1) from None
+
+
+def export_failure(error: BaseException) -> str:
+    """The useful line of an exporter error (its summary, not the generic preamble)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if '## Exception summary' in lines:
+        after = lines[lines.index('## Exception summary') + 1:]
+        if after:
+            return after[0][:300]
+    return first_line(error, 300)
+
+
+def foreign_ops(model_proto) -> list[str]:
+    """Nodes outside the standard ONNX domains (e.g. an un-decomposed custom op)."""
+    standard = {'', 'ai.onnx', 'ai.onnx.ml'}
+    functions = {(function.domain, function.name) for function in model_proto.functions}
+    return sorted({f'{node.domain}::{node.op_type}' for node in model_proto.graph.node
+                   if node.domain not in standard
+                   and (node.domain, node.op_type) not in functions})
+
+
+def ort_session(path: str, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def parity(session, module, inputs: list) -> float:
+    """Max abs difference between onnxruntime and PyTorch logits over ``inputs``."""
+    worst = 0.0
+    for images in inputs:
+        with torch.no_grad():
+            expected = module(images).numpy()
+        try:
+            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
+            raise UsageError(f'onnxruntime cannot run the exported graph at '
+                             f'{shape_text(images)}: {first_line(error, 300)}',
+                             exit_code=1) from None
+        if actual.shape != expected.shape:
+            raise UsageError(f'onnxruntime returned {tuple(actual.shape)} for '
+                             f'{shape_text(images)}, PyTorch {tuple(expected.shape)}',
+                             exit_code=1)
+        worst = max(worst, float(abs(actual - expected).max()))
+    return worst
+
+
+def shape_text(images) -> str:
+    return 'x'.join(map(str, images.shape))
+
+
+def benchmark(session, module, images, repeats: int) -> tuple[float, float]:
+    """Median latency (ms) of PyTorch (no_grad) and onnxruntime on ``images``."""
+    feed = {INPUT_NAME: images.numpy()}
+
+    def run_torch():
+        with torch.no_grad():
+            module(images)
+
+    def run_ort():
+        session.run([OUTPUT_NAME], feed)
+
+    return median_ms(run_torch, repeats), median_ms(run_ort, repeats)
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------- main
+def main() -> None:
+    args = parse_args()
+    check_numbers(args)
+    inputs = [args.config] + ([args.checkpoint] if args.checkpoint else [])
+    check_out(args.out, inputs)
+    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
+        raise UsageError(f'checkpoint {args.checkpoint} not found')
+    packages = check_deploy_packages()
+    cfg = load_config(args.config, args.cfg_options)
+    check_seg_config(cfg, args.config, 'infer')
+    check_arch(cfg)
+    height, width = tuple(args.shape) if args.shape else default_shape(cfg)
+
+    segmentor = build_segmentor(cfg, args.checkpoint, args.trust)
+    module = SegmentorLogits(segmentor).eval()
+    size = model_bytes(module)
+    if size >= PROTOBUF_LIMIT:
+        raise UsageError(f'the model holds {size / 2 ** 30:.1f} GiB of weights: over the 2 GiB '
+                         'a single .onnx file can hold (external data is not supported here)')
+    configured = (cfg.model.get('backbone') or {}).get('outlook_impl') \
+        or os.environ.get(IMPL_ENV_VAR) or 'auto'
+    generator = torch.Generator().manual_seed(0)
+    channels = in_channels(segmentor)
+    batches = PARITY_BATCHES[args.dynamic]
+    parity_inputs = [torch.randn(batch, channels, height, width, generator=generator)
+                     for batch in batches]
+    example = torch.randn(2 if args.dynamic else 1, channels, height, width,
+                          generator=generator)
+    print(f'[mmvolo] exporting {osp.basename(args.config)} '
+          f'({args.checkpoint or "random weights"}): input {"B" if args.dynamic else 1}'
+          f'x{channels}x{height}x{width}, opset {args.opset}, outlook attention '
+          f"'{EXPORT_IMPL}' in the graph (PyTorch here: '{configured}')", flush=True)
+    start = time.perf_counter()
+    program = export(module, example, args.dynamic, args.opset)
+    seconds = time.perf_counter() - start
+    program.model.metadata_props.update({
+        'mmvolo_config': osp.basename(args.config), 'num_classes': str(segmentor.decode_head
+                                                                        .num_classes),
+        'outlook_impl': EXPORT_IMPL, 'input': f'{INPUT_NAME} (B, {channels}, {height}, {width}) '
+        'float32, normalised', **{f'preprocess_{key}': value
+                                  for key, value in preprocess_metadata(cfg).items()}})
+    with atomic_path(args.out) as tmp:
+        program.save(tmp, external_data=False)
+        unknown = foreign_ops(packages['onnx'].load(tmp, load_external_data=False))
+        if unknown:
+            raise UsageError(f'the exported graph holds ops onnxruntime does not know: '
+                             f'{", ".join(unknown)}; nothing written', exit_code=1)
+        session = ort_session(tmp)
+        diff = parity(session, module, parity_inputs)
+        checked = ', '.join(shape_text(images) for images in parity_inputs)
+        if diff > args.tolerance:
+            raise UsageError(f'onnxruntime differs from PyTorch by {diff:.3g} (max abs, at '
+                             f'{checked}) > --tolerance {args.tolerance:g}; nothing written',
+                             exit_code=1)
+    megabytes = osp.getsize(args.out) / 2 ** 20
+    print(f'wrote {args.out} ({megabytes:.1f} MiB, exported in {seconds:.1f} s); input '
+          f'{INPUT_NAME} {"B" if args.dynamic else 1}x{channels}x{height}x{width} float32 '
+          f'normalised as the config\'s data_preprocessor does, output {OUTPUT_NAME} '
+          f'{"B" if args.dynamic else 1}x{segmentor.decode_head.num_classes}x{height}x{width}')
+    print(f'onnxruntime vs PyTorch: max abs diff {diff:.3g} at {checked} (tolerance '
+          f'{args.tolerance:g})')
+    if args.benchmark:
+        threads = torch.get_num_threads()
+        torch_ms, ort_ms = benchmark(ort_session(args.out, threads), module, parity_inputs[0],
+                                     args.benchmark)
+        print(f'latency at {shape_text(parity_inputs[0])}, median of {args.benchmark} runs, '
+              f'{threads} threads: PyTorch {torch_ms:.1f} ms, onnxruntime (CPU) {ort_ms:.1f} ms')
+    sys.stdout.flush()
+
+
+if __name__ == '__main__':
+    run_tool(main)
