@@ -51,10 +51,10 @@ if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   pip_install $torch_spec
 fi
 if [ "$stack" = onedl ]; then
-  extras="onedl,cls-onedl,det-onedl,test"
+  extras="onedl,cls-onedl,det-onedl,deploy,test"
 else
   pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
-  extras="openmmlab,cls,det,test"
+  extras="openmmlab,cls,det,deploy,test"
   if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
     extras="lite,$extras"
   fi

@@ -245,13 +245,19 @@ def foreign_ops(model_proto) -> list[str]:
                    and (node.domain, node.op_type) not in functions})
 
 
-def ort_session(path: str, threads: int | None = None):
+def ort_session(path: str, threads: int | None = None, after: str = '; nothing written'):
+    """An onnxruntime CPU session on ``path``; a graph it cannot load is one line (exit 1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    try:
+        return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
+        raise UsageError(f'onnxruntime {ort.__version__} cannot load the exported graph: '
+                         f'{first_line(error, 300)}{after} (try an older --opset?)',
+                         exit_code=1) from None
 
 
 def parity(session, module, inputs: list) -> float:
@@ -311,6 +317,10 @@ def main() -> None:
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         raise UsageError(f'checkpoint {args.checkpoint} not found')
     packages = check_deploy_packages()
+    newest = packages['onnx'].defs.onnx_opset_version()
+    if args.opset > newest:
+        raise UsageError(f'--opset {args.opset}: the installed onnx '
+                         f'{packages["onnx"].__version__} knows opsets up to {newest}')
     cfg = load_config(args.config, args.cfg_options)
     check_seg_config(cfg, args.config, 'infer')
     check_arch(cfg)
@@ -366,8 +376,8 @@ def main() -> None:
           f'{args.tolerance:g})')
     if args.benchmark:
         threads = torch.get_num_threads()
-        torch_ms, ort_ms = benchmark(ort_session(args.out, threads), module, parity_inputs[0],
-                                     args.benchmark)
+        session = ort_session(args.out, threads, after='')
+        torch_ms, ort_ms = benchmark(session, module, parity_inputs[0], args.benchmark)
         print(f'latency at {shape_text(parity_inputs[0])}, median of {args.benchmark} runs, '
               f'{threads} threads: PyTorch {torch_ms:.1f} ms, onnxruntime (CPU) {ort_ms:.1f} ms')
     sys.stdout.flush()
