@@ -606,30 +606,31 @@ def broken_checkpoint_cases(fx: Fixtures) -> list[Case]:
     return cases
 
 
+def _symlink_to(src: Path) -> Path:
+    link = src.with_name('link.pth')
+    link.unlink(missing_ok=True)
+    link.symlink_to(src)
+    return link
+
+
+def _hardlink_to(src: Path) -> Path:
+    hard = src.with_name('hard.pth')
+    hard.unlink(missing_ok=True)
+    os.link(src, hard)
+    return hard
+
+
 def converter_cases(fx: Fixtures) -> list[Case]:
     conv = 'model_converters/volo2mmseg.py'
     cases = []
-    folder = case_dir('conv-same-path')
-    src = folder / 'src.pth'
-    shutil.copy(fx.d1, src)
-    cases.append(Case('conv-same-path', 'converter', tool(conv, src, src), watch=[src],
-                      scan=[folder]))
-    folder = case_dir('conv-symlink-to-src')
-    src = folder / 'src.pth'
-    shutil.copy(fx.d1, src)
-    link = folder / 'link.pth'
-    link.unlink(missing_ok=True)
-    link.symlink_to(src)
-    cases.append(Case('conv-symlink-to-src', 'converter', tool(conv, src, link), watch=[src],
-                      scan=[folder]))
-    folder = case_dir('conv-hardlink-to-src')
-    src = folder / 'src.pth'
-    shutil.copy(fx.d1, src)
-    hard = folder / 'hard.pth'
-    hard.unlink(missing_ok=True)
-    os.link(src, hard)
-    cases.append(Case('conv-hardlink-to-src', 'converter', tool(conv, src, hard), watch=[src],
-                      scan=[folder]))
+    for name, make_dst in (('conv-same-path', lambda src: src),
+                           ('conv-symlink-to-src', _symlink_to),
+                           ('conv-hardlink-to-src', _hardlink_to)):
+        folder = case_dir(name)
+        src = folder / 'src.pth'
+        shutil.copy(fx.d1, src)
+        cases.append(Case(name, 'converter', tool(conv, src, make_dst(src)), watch=[src],
+                          scan=[folder]))
     for size in (['0'], ['-16'], ['17'], ['100000'], ['16', '16', '16'], ['32', '0']):
         name = f'conv-img-size-{"x".join(size)}'
         out = case_dir(name) / 'out.pth'
