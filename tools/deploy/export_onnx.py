@@ -34,7 +34,6 @@ import importlib
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -111,17 +110,17 @@ def check_shape(shape: tuple[int, ...], source: str) -> None:
 
 def check_out(out: str, inputs: list[str]) -> None:
     """A .onnx file in an existing folder that is none of the inputs."""
-    if not out.endswith('.onnx'):
-        raise UsageError(f'--out {out}: name a .onnx file (e.g. --out work_dirs/model.onnx)')
-    if osp.isdir(out):
-        raise UsageError(f'--out {out} is a folder; name a .onnx file in it')
-    folder = osp.dirname(osp.abspath(out))
-    if not osp.isdir(folder):
-        raise UsageError(f'--out {out}: folder {folder} does not exist; create it first')
     for path in inputs:
         if osp.realpath(out) == osp.realpath(path):
             raise UsageError(f'--out {out} is the input file {path}: it would be overwritten; '
                              'choose another output name')
+    if osp.isdir(out):
+        raise UsageError(f'--out {out} is a folder; name a .onnx file in it')
+    if not out.endswith('.onnx'):
+        raise UsageError(f'--out {out}: name a .onnx file (e.g. --out work_dirs/model.onnx)')
+    folder = osp.dirname(osp.abspath(out))
+    if not osp.isdir(folder):
+        raise UsageError(f'--out {out}: folder {folder} does not exist; create it first')
 
 
 def check_deploy_packages() -> dict[str, Any]:
@@ -166,6 +165,11 @@ def build_segmentor(cfg, checkpoint: str | None, trust: bool):
         model = build_model_for_analysis(cfg.copy(), outlook_impl=outlook_impl)
     except Exception as error:  # noqa: BLE001 - a config whose model does not build
         raise UsageError(f'cannot build the model: {first_line(error, 300)}') from None
+    from mmseg.models.segmentors import EncoderDecoder
+
+    if not isinstance(model, EncoderDecoder) or isinstance(model.decode_head, torch.nn.ModuleList):
+        raise UsageError(f'{type(model).__name__} is not an EncoderDecoder with one decode head: '
+                         'this tool exports only those')
     if checkpoint is not None:
         state_dict = model_state_dict(read_checkpoint_for_tool(checkpoint, trust))
         result = model.load_state_dict(state_dict, strict=False)
@@ -202,11 +206,16 @@ def model_bytes(module) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def preprocess_metadata(cfg) -> dict[str, str]:
-    """What the data_preprocessor does before the graph (the caller must do it)."""
+def metadata(cfg, config: str, segmentor, inputs: str) -> dict[str, str]:
+    """The file's metadata_props: what the graph expects, and the data_preprocessor's
+    normalisation, which the caller must apply (it is not in the graph)."""
     pre = cfg.model.get('data_preprocessor') or {}
-    return {'mean': str(list(pre.get('mean') or [])), 'std': str(list(pre.get('std') or [])),
-            'bgr_to_rgb': str(bool(pre.get('bgr_to_rgb', False)))}
+    return {'mmvolo_config': osp.basename(config),
+            'num_classes': str(segmentor.decode_head.num_classes),
+            'outlook_impl': EXPORT_IMPL, 'input': inputs,
+            'preprocess_mean': str(list(pre.get('mean') or [])),
+            'preprocess_std': str(list(pre.get('std') or [])),
+            'preprocess_bgr_to_rgb': str(bool(pre.get('bgr_to_rgb', False)))}
 
 
 # ------------------------------------------------------------------------------- export
@@ -348,12 +357,9 @@ def main() -> None:
     start = time.perf_counter()
     program = export(module, example, args.dynamic, args.opset)
     seconds = time.perf_counter() - start
-    program.model.metadata_props.update({
-        'mmvolo_config': osp.basename(args.config), 'num_classes': str(segmentor.decode_head
-                                                                        .num_classes),
-        'outlook_impl': EXPORT_IMPL, 'input': f'{INPUT_NAME} (B, {channels}, {height}, {width}) '
-        'float32, normalised', **{f'preprocess_{key}': value
-                                  for key, value in preprocess_metadata(cfg).items()}})
+    program.model.metadata_props.update(
+        metadata(cfg, args.config, segmentor, f'{INPUT_NAME} (B, {channels}, {height}, {width}) '
+                 'float32, normalised'))
     with atomic_path(args.out) as tmp:
         program.save(tmp, external_data=False)
         unknown = foreign_ops(packages['onnx'].load(tmp, load_external_data=False))
@@ -380,7 +386,6 @@ def main() -> None:
         torch_ms, ort_ms = benchmark(session, module, parity_inputs[0], args.benchmark)
         print(f'latency at {shape_text(parity_inputs[0])}, median of {args.benchmark} runs, '
               f'{threads} threads: PyTorch {torch_ms:.1f} ms, onnxruntime (CPU) {ort_ms:.1f} ms')
-    sys.stdout.flush()
 
 
 if __name__ == '__main__':
