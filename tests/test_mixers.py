@@ -6,11 +6,13 @@ What this pins down:
 
 1. Each op's ``'reference'`` (unfold formula) and ``'fast'`` (per-offset loop / conv2d)
    implementation equals the literal per-pixel loop of ``literal_mixers.py`` in float64
-   (values and gradients w.r.t. every input, |diff| <= 1e-10) on tiny sizes; the fast paths'
-   hand-written backward passes ``gradcheck``.
+   (values and gradients w.r.t. every input, |diff| <= 1e-10) on tiny sizes; the hand-written
+   backward of the involution and local-attention fast paths passes ``gradcheck``.
 2. fast == reference in fp32 (values and gradients w.r.t. every input, ``assert_close`` with
-   atol = rtol = 1e-5) at odd and non-square sizes (1x1, 5x7, 9x4, 13x13), K in 3, 5, 7;
-   'auto' is 'fast'; fp16/bf16 inputs keep their dtype and stay close to fp32.
+   atol = rtol = 1e-5) at odd and non-square sizes (1x1, 5x7, 9x4, 13x13), K in 3, 5, 7,
+   with the fast paths' output rows in one block, one row per block and a few rows per block
+   ($MMVOLO_WINDOW_BLOCK_ELEMS); 'auto' is 'fast'; fp16/bf16 inputs keep their dtype and stay
+   close to fp32.
 3. Locality, at module level and exact: perturbing input pixel q changes output pixel p if
    and only if q lies in p's KxK window (every (p, q) pair of a small grid); local attention
    masks out-of-image neighbours (a 1x1 image returns v).
@@ -31,6 +33,7 @@ from literal_mixers import literal_depthwise_conv, literal_involution, literal_l
 
 from mmvolo.models.mixers import DWConvMixer, Involution, LocalSelfAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
+from mmvolo.ops.window_utils import BLOCK_ENV_VAR, row_blocks
 from mmvolo.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,17 +117,23 @@ def test_ops_match_literal_loops_float64(op, height, width, kernel_size, impl):
         assert (g - w).abs().max().item() <= 1e-10
 
 
-@pytest.mark.parametrize('op', OPS)
-def test_fast_backward_gradcheck_float64(op):
+@pytest.mark.parametrize('block_elems', [None, '1'], ids=['one-block', 'row-blocks'])
+@pytest.mark.parametrize('op', ['involution', 'local_attention'])  # hand-written backward
+def test_fast_backward_gradcheck_float64(op, block_elems, monkeypatch):
+    if block_elems is not None:
+        monkeypatch.setenv(BLOCK_ENV_VAR, block_elems)
     tensors = [t.requires_grad_() for t in op_inputs(op, 3, 4, 3, torch.float64, batch=1,
                                                       channels=4)]
     assert torch.autograd.gradcheck(lambda *t: call_op(op, 'fast', list(t), 3), tensors)
 
 
+@pytest.mark.parametrize('block_elems', [None, '1', '100'], ids=['default', 'row', 'rows'])
 @pytest.mark.parametrize('kernel_size', KERNELS)
 @pytest.mark.parametrize('height,width', SIZES)
 @pytest.mark.parametrize('op', OPS)
-def test_fast_matches_reference_fp32(op, height, width, kernel_size):
+def test_fast_matches_reference_fp32(op, height, width, kernel_size, block_elems, monkeypatch):
+    if block_elems is not None:  # one output row per block / a few rows per block
+        monkeypatch.setenv(BLOCK_ENV_VAR, block_elems)
     tensors = op_inputs(op, height, width, kernel_size)
     want = value_and_grads(lambda t: call_op(op, 'reference', t, kernel_size), tensors)
     got = value_and_grads(lambda t: call_op(op, 'fast', t, kernel_size), tensors)
@@ -133,6 +142,18 @@ def test_fast_matches_reference_fp32(op, height, width, kernel_size):
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_row_blocks_cover_the_rows_once(monkeypatch):
+    x = torch.empty(2, 13, 5, 8)
+    assert row_blocks(x) == [(0, 13)]
+    monkeypatch.setenv(BLOCK_ENV_VAR, str(2 * 5 * 8 * 4))  # four rows of x
+    assert row_blocks(x) == [(0, 4), (4, 8), (8, 12), (12, 13)]
+    monkeypatch.delenv(BLOCK_ENV_VAR)
+    big = torch.empty(2, 128, 256, 192, device='meta')  # D1 stage 1, 1024x2048: 6 blocks
+    blocks = row_blocks(big)
+    assert len(blocks) == 6 and blocks[-1][1] == 128
+    assert len(row_blocks(torch.empty(64, 128, 256, 192, device='meta'))) == 8  # at most 8
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
@@ -326,8 +347,13 @@ def _benchmark_module():
 def test_benchmark_runs_on_a_tiny_size(tmp_path, capsys):
     bench = _benchmark_module()
     out = tmp_path / 'bench.json'
-    bench.main(['--device', 'cpu', '--sizes', '64x48', '--batch', '1', '--repeats', '1',
-                '--warmup', '0', '--op-batch', '1', '--json', str(out)])
+    threads = torch.get_num_threads()
+    try:  # one thread: tiny ops are dominated by thread wake-ups on a loaded machine
+        bench.main(['--device', 'cpu', '--sizes', '64x48', '--op-sizes', '64x48', '--batch',
+                    '1', '--op-batch', '1', '--repeats', '1', '--warmup', '0', '--threads',
+                    '1', '--json', str(out)])
+    finally:
+        torch.set_num_threads(threads)
     records = json.loads(out.read_text())
     mixers = {r['name'] for r in records if r['section'] == 'module'}
     assert mixers == {'OutlookAttention', 'Involution', 'LocalSelfAttention', 'DWConvMixer'}

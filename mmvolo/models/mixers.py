@@ -190,7 +190,7 @@ class LocalSelfAttention(_TokenMixer):
         self.proj_drop = nn.Dropout(proj_drop_rate)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.contiguous() for t in self.qkv(x).chunk(3, dim=-1))
         out = local_attention(q * self.scale, k, v, self.rel_h, self.rel_w, self.num_heads,
                               self.kernel_size, impl=self.impl)
         return self.proj_drop(self.proj(out))

@@ -47,7 +47,7 @@ def depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor,
         (B, H, W, C).
     """
     batch, height, width, channels = x.shape
-    size = weight.shape[-1]
+    size = int(weight.shape[-1])
     x_unf = F.unfold(x.permute(0, 3, 1, 2), size, padding=size // 2)
     x_unf = x_unf.view(batch, channels, size * size, height, width)
     out = (x_unf * weight.reshape(1, channels, size * size, 1, 1)).sum(dim=2)
@@ -59,7 +59,7 @@ def depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor,
 def depthwise_conv_fast(x: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(groups=C)``; shapes as the reference."""
-    size = weight.shape[-1]
+    size = int(weight.shape[-1])
     out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=size // 2,
                    groups=x.shape[-1])
     return out.permute(0, 2, 3, 1)

@@ -32,7 +32,9 @@ from .window_utils import (
     check_kernel_size,
     check_tokens,
     compute_dtype,
+    dot_last_into,
     resolve_impl,
+    row_blocks,
     window_offsets,
 )
 
@@ -83,8 +85,11 @@ def involution_fast_forward(x: torch.Tensor, kernel: torch.Tensor, kernel_size: 
     xg = x.to(dtype).unflatten(-1, (groups, channels // groups))
     ker = kernel.to(dtype).unflatten(-1, (groups, kernel_size * kernel_size))
     out = xg.new_zeros(xg.shape)
-    for k, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(kernel_size, height, width):
-        out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols], ker[:, rows, cols, :, k:k + 1])
+    for block in row_blocks(x):
+        for k, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(kernel_size, height,
+                                                                        width, block):
+            out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols],
+                                        ker[:, rows, cols, :, k:k + 1])
     return out.flatten(-2).to(x.dtype)
 
 
@@ -101,12 +106,18 @@ def involution_fast_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: to
     ker = kernel.to(dtype).unflatten(-1, (groups, kernel_size * kernel_size))
     grad_x = xg.new_zeros(xg.shape) if need_x else None
     grad_ker = ker.new_zeros(ker.shape) if need_kernel else None
-    for k, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(kernel_size, height, width):
-        g_k = g[:, rows, cols]
-        if need_x:
-            grad_x[:, in_rows, in_cols].addcmul_(g_k, ker[:, rows, cols, :, k:k + 1])
-        if need_kernel:
-            grad_ker[:, rows, cols, :, k] = torch.linalg.vecdot(g_k, xg[:, in_rows, in_cols])
+    blocks = row_blocks(x)
+    scratch = xg.new_empty((batch, max(stop - start for start, stop in blocks),
+                            *xg.shape[2:])) if need_kernel else None
+    for block in blocks:
+        for k, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(kernel_size, height,
+                                                                        width, block):
+            g_k = g[:, rows, cols]
+            if need_x:
+                grad_x[:, in_rows, in_cols].addcmul_(g_k, ker[:, rows, cols, :, k:k + 1])
+            if need_kernel:
+                dot_last_into(grad_ker[:, rows, cols, :, k], g_k, xg[:, in_rows, in_cols],
+                              scratch)
     return (None if grad_x is None else grad_x.flatten(-2).to(x.dtype),
             None if grad_ker is None else grad_ker.flatten(-2).to(kernel.dtype))
 

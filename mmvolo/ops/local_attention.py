@@ -46,7 +46,9 @@ from .window_utils import (
     check_kernel_size,
     check_tokens,
     compute_dtype,
+    dot_last_into,
     resolve_impl,
+    row_blocks,
     window_mask,
     window_offsets,
 )
@@ -124,7 +126,8 @@ def _split_heads(t: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.T
 
 def _softmax_first(x: torch.Tensor) -> torch.Tensor:
     """Softmax over dim 0 (the K*K offsets), in place on ``x``: reductions over a leading dim
-    vectorise along the contiguous rest (``Tensor.softmax`` over a short dim does not)."""
+    vectorise along the contiguous rest (``Tensor.softmax`` over a short dim does not). No
+    pixel has all offsets masked (-inf): the window centre is always inside the image."""
     x.sub_(x.amax(dim=0, keepdim=True)).exp_()
     return x.div_(x.sum(dim=0, keepdim=True))
 
@@ -136,25 +139,33 @@ def local_attention_fast_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
     The logits and weights are offset-major, (K*K, B, H, W, heads), so that each offset's
     slice is one contiguous plane (written and read per offset) and the softmax reduces over
-    the leading dim.
+    the leading dim. Output rows are processed in blocks (:func:`row_blocks`).
     """
     batch, height, width, channels = q.shape
     dtype = compute_dtype(q.dtype)
     qh, kh, vh = (_split_heads(t, num_heads, dtype) for t in (q, k, v))
     size, half = kernel_size, rel_h.shape[1]
-    logits = qh.new_full((size * size, batch, height, width, num_heads), float('-inf'))
-    for o, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(size, height, width):
-        logits[o, :, rows, cols] = torch.linalg.vecdot(qh[:, rows, cols],
-                                                       kh[:, in_rows, in_cols])
-    # + q . r: r = concat(rel_h[a], rel_w[b]), from two small matmuls; -inf stays -inf
-    q_rel_h = (qh[..., :half] @ rel_h.to(dtype).t()).movedim(-1, 0).contiguous()  # (K, ...)
+    # q . r for r = concat(rel_h[a], rel_w[b]), from two small matmuls: (K, B, H, W, heads)
+    q_rel_h = (qh[..., :half] @ rel_h.to(dtype).t()).movedim(-1, 0).contiguous()
     q_rel_w = (qh[..., half:] @ rel_w.to(dtype).t()).movedim(-1, 0).contiguous()
-    grid = logits.view(size, size, *logits.shape[1:])  # offset (a, b)
-    grid.add_(q_rel_h[:, None]).add_(q_rel_w[None])
-    attn = _softmax_first(logits)
+    attn = qh.new_full((size * size, batch, height, width, num_heads), float('-inf'))
     out = qh.new_zeros(qh.shape)
-    for o, _, _, (rows, cols), (in_rows, in_cols) in window_offsets(size, height, width):
-        out[:, rows, cols].addcmul_(attn[o, :, rows, cols, :, None], vh[:, in_rows, in_cols])
+    blocks = row_blocks(q)
+    scratch = qh.new_empty((batch, max(stop - start for start, stop in blocks),
+                            *qh.shape[2:]))
+    for block in blocks:
+        offsets = list(window_offsets(size, height, width, block))
+        for o, _, _, (rows, cols), (in_rows, in_cols) in offsets:
+            dot_last_into(attn[o, :, rows, cols], qh[:, rows, cols], kh[:, in_rows, in_cols],
+                          scratch)
+        logits = attn[:, :, block[0]:block[1]]
+        grid = logits.unflatten(0, (size, size))  # offset (a, b); -inf stays -inf
+        grid.add_(q_rel_h[:, None, :, block[0]:block[1]])
+        grid.add_(q_rel_w[None, :, :, block[0]:block[1]])
+        _softmax_first(logits)  # in place: attn now holds the weights of these rows
+        for o, _, _, (rows, cols), (in_rows, in_cols) in offsets:
+            out[:, rows, cols].addcmul_(attn[o, :, rows, cols, :, None],
+                                        vh[:, in_rows, in_cols])
     return out.flatten(-2).to(q.dtype), attn
 
 
@@ -169,25 +180,32 @@ def local_attention_fast_backward(grad_out: torch.Tensor, q: torch.Tensor, k: to
     g, qh, kh, vh = (_split_heads(t, num_heads, dtype) for t in (grad_out, q, k, v))
     need_q, need_k, need_v, need_rh, need_rw = (bool(n) for n in needs)
     size, half = kernel_size, rel_h.shape[1]
-    offsets = list(window_offsets(size, height, width))
-    grad_attn = attn.new_zeros(attn.shape)
-    grad_v = vh.new_zeros(vh.shape) if need_v else None
-    for o, _, _, (rows, cols), (in_rows, in_cols) in offsets:
-        g_o = g[:, rows, cols]
-        grad_attn[o, :, rows, cols] = torch.linalg.vecdot(g_o, vh[:, in_rows, in_cols])
-        if need_v:
-            grad_v[:, in_rows, in_cols].addcmul_(attn[o, :, rows, cols, :, None], g_o)
-    # softmax backward (in place on grad_attn); masked offsets have attn == 0, so zero grad
-    grad_logits = grad_attn.sub_((grad_attn * attn).sum(dim=0, keepdim=True)).mul_(attn)
+    grad_logits = attn.new_zeros(attn.shape)
     grad_q = qh.new_zeros(qh.shape) if need_q else None
     grad_k = kh.new_zeros(kh.shape) if need_k else None
-    if need_q or need_k:
+    grad_v = vh.new_zeros(vh.shape) if need_v else None
+    blocks = row_blocks(q)
+    scratch = vh.new_empty((batch, max(stop - start for start, stop in blocks),
+                            *vh.shape[2:]))
+    for block in blocks:
+        offsets = list(window_offsets(size, height, width, block))
+        for o, _, _, (rows, cols), (in_rows, in_cols) in offsets:
+            g_o = g[:, rows, cols]
+            dot_last_into(grad_logits[o, :, rows, cols], g_o, vh[:, in_rows, in_cols], scratch)
+            if need_v:
+                grad_v[:, in_rows, in_cols].addcmul_(attn[o, :, rows, cols, :, None], g_o)
+        # softmax backward in place: dL/dlogit = attn * (dL/dattn - sum(dL/dattn * attn));
+        # masked offsets have attn == 0, hence zero gradient
+        grad_attn = grad_logits[:, :, block[0]:block[1]]
+        weights = attn[:, :, block[0]:block[1]]
+        grad_attn.sub_((grad_attn * weights).sum(dim=0, keepdim=True)).mul_(weights)
         for o, _, _, (rows, cols), (in_rows, in_cols) in offsets:
             gl = grad_logits[o, :, rows, cols, :, None]
             if need_q:
                 grad_q[:, rows, cols].addcmul_(gl, kh[:, in_rows, in_cols])
             if need_k:
                 grad_k[:, in_rows, in_cols].addcmul_(gl, qh[:, rows, cols])
+    del scratch
     grid = grad_logits.view(size, size, *grad_logits.shape[1:])
     gl_rows, gl_cols = grid.sum(dim=1), grid.sum(dim=0)  # (K, B, H, W, heads): per a / b
     if need_q:
