@@ -311,6 +311,9 @@ def test_inference_bad_image_is_one_line(toy_checkpoint, tmp_path, capsys, make_
     ('misc/print_config.py', [TOY_CONFIG, '--cfg-options', 'a=[1,2'], "unclosed '['"),
     ('misc/print_config.py', [TOY_CONFIG, '--cfg-options', 'noequals'], 'expected KEY=VALUE'),
     ('analysis/get_flops.py', [TOY_CONFIG, '--cfg-options', 'a=(]'], "unmatched ']'"),
+    ('analysis/mixer_ablation.py', ['--mixers', 'conv'], "--mixers: unknown ['conv']; choose"),
+    ('analysis/mixer_ablation.py', ['--jobs', '0'], '--jobs must be >= 1'),
+    ('analysis/mixer_ablation.py', ['--json', 'no/such/dir/a.json'], 'does not exist'),
 ])
 def test_analysis_tools_bad_arguments(capsys, tool, args, message):
     result = run_tool_in_process(tool, *args, capsys=capsys)
