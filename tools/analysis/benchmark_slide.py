@@ -4,10 +4,11 @@ Builds the config's segmentor once (no checkpoint: ``init_cfg`` dropped, SyncBN 
 default outlook attention implementation) and times, on the same random image batch and in
 the same process, mmseg's ``EncoderDecoder.slide_inference`` (one forward pass per window
 position) and :class:`BatchedSlideEncoderDecoder`'s with each ``--crop-batch`` value. The
-methods run round-robin within each repeat (so background load hits them alike) after
-``--warmup`` runs each; the table shows median times, the speed-up over mmseg, forward passes
-per batch, peak memory (CUDA only: ``torch.cuda.max_memory_allocated`` above the model and
-inputs) and the largest difference from mmseg's logits.
+methods run round-robin within each repeat, in an order that rotates from repeat to repeat
+(so background load hits them alike), after ``--warmup`` runs each. The table shows median
+times, the speed-up over mmseg, forward passes per batch, peak memory (CUDA only:
+``torch.cuda.max_memory_allocated`` above the model and inputs) and the largest difference
+from mmseg's logits.
 
 Default: the VOLO-D1 UperNet Cityscapes 512x1024 config on one 1024x2048 image (3 x 3 windows).
 ``--size``, ``--crop`` and ``--stride`` scale the setting down for a slow machine (e.g.
@@ -139,8 +140,10 @@ def run(args: argparse.Namespace) -> List[dict]:
             for fn in methods.values():
                 fn()
         sync()
-        for _ in range(args.repeats):
-            for name, fn in methods.items():
+        names = list(methods)
+        for repeat in range(args.repeats):  # the order rotates: no method is always first
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                fn = methods[name]
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated() if device.type == 'cuda' else 0
