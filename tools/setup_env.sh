@@ -38,7 +38,7 @@ pip_install() {  # quiet pip; the full output goes to $log and is shown only on 
   fi
 }
 
-want="$stack$(cat "$root/setup.cfg")$torch_spec"
+want="$stack$(cat "$root/setup.cfg" "$root/tools/setup_env.sh")$torch_spec"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmvolo" 2>/dev/null; then
   echo "[mmvolo] environment up to date: $venv ($stack stack)"
   exit 0
@@ -66,6 +66,13 @@ if [ "$stack" = onedl ]; then
   pip_install -e "$root[$extras]"
 else
   pip_install --no-build-isolation -e "$root[$extras]"
+fi
+if [ "$stack" != onedl ]; then
+  # openmim for `mim search mmvolo` (tests/test_mim_metadata.py), with --no-deps as
+  # docs/training.md says (its requirements downgrade requests/rich/tqdm in place). Not on
+  # onedl: mim 0.3.9 needs pkg_resources, which that stack's setuptools no longer has.
+  pip_install --no-deps 'openmim==0.3.9'
+  pip_install pandas tabulate colorama requests model-index
 fi
 "$py" -c "import mmvolo.runtime" || {
   echo "[mmvolo] install failed: 'import mmvolo.runtime' does not work in $venv" >&2; exit 1; }
