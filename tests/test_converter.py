@@ -313,13 +313,13 @@ def test_cli_success(d1_source, tmp_path):
     assert dst.is_file()
 
 
-def test_cli_errors(d1_source, tmp_path):
+def test_cli_errors(d1_source, tmp_path, capsys):
     dst = tmp_path / 'out.pth'
-    proc = run_cli(tmp_path / 'nowhere.pth', dst)
+    proc = run_cli_in_process(capsys, tmp_path / 'nowhere.pth', dst)
     assert proc.returncode == 1
     assert proc.stderr.strip().count('\n') == 0 and 'Traceback' not in proc.stderr
     assert 'checkpoint not found' in proc.stderr
-    proc = run_cli(not_volo(d1_source, tmp_path), dst, '--keep-head')
+    proc = run_cli_in_process(capsys, not_volo(d1_source, tmp_path), dst, '--keep-head')
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert 'not a VOLO checkpoint (looks like a ResNet' in proc.stderr
     assert not dst.exists()

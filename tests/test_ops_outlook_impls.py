@@ -33,6 +33,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -51,7 +52,12 @@ from mmvolo.ops import (
 )
 from mmvolo.ops.custom_op import define_outlook_op
 from mmvolo.ops.outlook_attention import select_impl
-from mmvolo.ops.outlook_chunked import CHUNK_ENV_VAR, chunked_backward, outlook_attention_chunked
+from mmvolo.ops.outlook_chunked import (
+    CHUNK_ENV_VAR,
+    WORKERS_ENV_VAR,
+    chunked_backward,
+    outlook_attention_chunked,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(7, 5), (9, 13), (1, 1), (2, 3), (33, 17)]
@@ -61,6 +67,7 @@ LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # atol == rtol
 # (H, W, stride, heads); batch 1, head_dim 2, K=3, P=1 - the interpreter is slow
 # the module; the package attribute of the same name is the function
 dispatcher = importlib.import_module('mmvolo.ops.outlook_attention')
+chunked_module = importlib.import_module('mmvolo.ops.outlook_chunked')
 TRITON_CASES = [(7, 5, 2, 2), (5, 9, 1, 3), (1, 1, 2, 1), (2, 3, 1, 2), (33, 17, 2, 1)]
 
 
@@ -164,6 +171,105 @@ def test_chunked_keeps_no_grad_graph_free():
     with torch.no_grad():
         out = outlook_attention_chunked(v.requires_grad_(), logits, 2, 3, 1, 2)
     assert out.grad_fn is None
+
+
+@pytest.mark.parametrize('workers', ['2', '3'])
+@pytest.mark.parametrize('chunk_elems', ['1', None], ids=['row', 'default'])
+@pytest.mark.parametrize('height,width,stride,kernel_size', [
+    (33, 17, 1, 3), (33, 17, 2, 3), (9, 13, 2, 3), (2, 3, 1, 3), (9, 7, 1, 5), (9, 7, 2, 5)])
+def test_chunked_on_workers_matches_reference(height, width, stride, kernel_size, chunk_elems,
+                                              workers, monkeypatch):
+    """Chunks on the worker pool (phases keep overlapping chunks apart) equal the reference;
+    repeated runs are bitwise equal (the schedule does not change the result)."""
+    monkeypatch.setenv(WORKERS_ENV_VAR, workers)
+    if chunk_elems is not None:
+        monkeypatch.setenv(CHUNK_ENV_VAR, chunk_elems)
+    v, logits, grad = make_inputs(height, width, stride, 2, kernel_size=kernel_size)
+    args = (2, kernel_size, (kernel_size - 1) // 2, stride)
+    want = value_and_grads(outlook_attention_reference, v, logits, grad, *args)
+    got = value_and_grads(outlook_attention_chunked, v, logits, grad, *args)
+    assert max(max_errors(got, want)) < 1e-5
+    for _ in range(3):
+        again = value_and_grads(outlook_attention_chunked, v, logits, grad, *args)
+        assert all(torch.equal(a, b) for a, b in zip(again, got))
+
+
+def test_chunked_workers_single_threaded_and_caller_threads_kept(monkeypatch):
+    """Workers compute with one intra-op thread; the caller's count and the default a new
+    thread gets stay as they were."""
+    def new_thread_threads() -> int:
+        result = []
+        thread = threading.Thread(target=lambda: result.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return result[0]
+
+    before, fresh_before = torch.get_num_threads(), new_thread_threads()
+    for workers in ('3', '2'):  # a new size starts a new pool
+        monkeypatch.setenv(WORKERS_ENV_VAR, workers)
+        v, logits, grad = make_inputs(9, 13, 2, 2)
+        value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)
+        pool = chunked_module._WorkerPool.get(int(workers))
+        counts = [pool.submit(torch.get_num_threads) for _ in range(8)]
+        assert [count.result() for count in counts] == [1] * 8
+        assert torch.get_num_threads() == before
+        assert new_thread_threads() == fresh_before
+
+
+@pytest.mark.parametrize('workers', ['1', '2'])
+def test_chunked_ignores_autocast(workers, monkeypatch):
+    """fp32 inputs are computed in fp32 under CPU autocast too, in this thread and on the
+    workers alike (workers never see the caller's autocast state)."""
+    monkeypatch.setenv(WORKERS_ENV_VAR, workers)
+    v, logits, grad = make_inputs(9, 13, 2, 2)
+    want = value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_chunked_worker_error_reaches_caller():
+    done = []
+
+    def task(item: int) -> None:
+        if item == 1:
+            raise RuntimeError('chunk failed')
+        done.append(item)
+
+    with pytest.raises(RuntimeError, match='chunk failed'):
+        chunked_module._run(task, [0, 1, 2, 3], workers=2)
+    assert sorted(done) == [0, 2, 3]  # the others finished before the error was raised
+
+
+def _forked_child(queue) -> None:
+    # as DataLoader workers do: OpenMP regions of a forked child of a process that ran some
+    # hang (libgomp), whatever the outlook impl
+    torch.set_num_threads(1)
+    v, logits, grad = make_inputs(9, 13, 2, 2)
+    got = value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)
+    want = value_and_grads(outlook_attention_reference, v, logits, grad, 2, 3, 1, 2)
+    queue.put(max(max_errors(got, want)))
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_chunked_workers_after_fork(monkeypatch):
+    """A forked child (e.g. a DataLoader worker) starts its own pool instead of waiting on
+    the parent's threads, which it does not have ($MMVOLO_OUTLOOK_WORKERS=2 forces a pool
+    even though the child computes with one thread)."""
+    import multiprocessing
+
+    monkeypatch.setenv(WORKERS_ENV_VAR, '2')
+    v, logits, grad = make_inputs(9, 13, 2, 2)
+    value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)  # parent's pool
+    context = multiprocessing.get_context('fork')
+    queue = context.Queue()
+    child = context.Process(target=_forked_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail('the forked child hung running chunked on workers')
+    assert child.exitcode == 0 and queue.get(timeout=5) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------

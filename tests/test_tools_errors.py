@@ -5,7 +5,9 @@ case confirms what a user sees (they run concurrently to keep the suite short).
 """
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,25 +161,21 @@ def _cases(files: dict[str, Path]) -> dict[str, tuple[list[str], int, str]]:
     }
 
 
-@pytest.fixture(scope='module')
-def cli_results(files) -> dict[str, tuple[subprocess.CompletedProcess, int, str]]:
-    running = {name: (subprocess.Popen(command, cwd=REPO, env=tool_env(),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True), code, text)
-               for name, (command, code, text) in _cases(files).items()}
-    results = {}
-    for name, (process, code, text) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = (subprocess.CompletedProcess(process.args, process.returncode,
-                                                     stdout, stderr), code, text)
-    return results
+#: The one case run through a fresh interpreter, as users run the tools; the others run the
+#: same ``__main__`` in this process (no start-up cost per case).
+SUBPROCESS_CASE = 'missing data root'
 
 
 @pytest.mark.parametrize('case', ['missing data root', 'no model in config',
                                   'classification config', 'unknown arch',
                                   'foreign checkpoint', 'missing checkpoint'])
-def test_cli_reports_one_line(cli_results, case):
-    result, code, text = cli_results[case]
+def test_cli_reports_one_line(files, capsys, case):
+    command, code, text = _cases(files)[case]
+    if case == SUBPROCESS_CASE:
+        result = subprocess.run(command, cwd=REPO, env=tool_env(), capture_output=True,
+                                text=True, timeout=300)
+    else:
+        result = run_tool_in_process(command[1], *command[2:], capsys=capsys)
     line = single_line_error(result)
     assert text in line, line
     assert result.returncode == code, result.stderr
@@ -304,6 +302,8 @@ def test_inference_bad_image_is_one_line(toy_checkpoint, tmp_path, capsys, make_
     ('analysis/benchmark_ops.py', ['--device', 'cpu', '--json', 'no/such/dir/b.json'],
      'does not exist'),
     ('analysis/benchmark_ops.py', ['--device', 'cpu', '--batch', 'x'], "invalid int value"),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--load', '-1'], '--load must be at least'),
+    ('analysis/benchmark_ops.py', ['--device', 'cpu', '--load', 'two'], "invalid int value"),
     ('analysis/benchmark_model.py', ['--device', 'cpu', '--json', 'no/such/dir/r.json'],
      'does not exist'),
     ('analysis/benchmark_model.py', ['--device', 'cpu', '--repeats', '0'], '--repeats must be'),
@@ -359,6 +359,80 @@ def test_benchmark_model_exit_status_when_a_case_fails(tmp_path, monkeypatch, ca
     assert error.value.exit_code == 1
     assert 'failed: RuntimeError: out of memory' in capsys.readouterr().out
     assert report.is_file()
+
+
+def _load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, TOOLS / 'analysis' / f'{name}.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize('fails', [False, True], ids=['finishes', 'raises'])
+def test_benchmark_ops_load_processes_stop(monkeypatch, capsys, fails):
+    """``--load 2`` runs two spinning processes during the run and none after it, also when
+    the run raises."""
+    tool = _load_tool('benchmark_ops')
+    seen = []
+
+    def fake_run(args):
+        children = [child for child in _children() if child not in seen]
+        seen.extend(children)
+        if fails:
+            raise RuntimeError('benchmark failed')
+        return []
+
+    monkeypatch.setattr(tool, 'run', fake_run)
+    monkeypatch.setattr(tool, 'check_timm_equivalence', lambda device: None)
+    before = set(_children())
+    if fails:
+        with pytest.raises(RuntimeError, match='benchmark failed'):
+            tool.main(['--device', 'cpu', '--load', '2'])
+    else:
+        tool.main(['--device', 'cpu', '--load', '2'])
+        assert ' load=2' in capsys.readouterr().out.splitlines()[0]
+    spinners = [pid for pid in seen if pid not in before]
+    assert len(spinners) == 2
+    assert all(_gone(pid) for pid in spinners)
+
+
+def test_benchmark_ops_busy_load_spins_and_is_joined():
+    tool = _load_tool('benchmark_ops')
+    with pytest.raises(KeyboardInterrupt), tool.busy_load(2) as procs:
+        time.sleep(0.3)
+        assert all(proc.poll() is None for proc in procs)
+        cpu = [_cpu_seconds(proc.pid) for proc in procs]
+        assert all(seconds > 0.05 for seconds in cpu), cpu  # they spin
+        raise KeyboardInterrupt
+    assert all(proc.returncode is not None and _gone(proc.pid) for proc in procs)
+
+
+def _children() -> list[int]:
+    """Pids of this process's live children (Linux /proc)."""
+    pids = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != 'Z':
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 # ---------------------------------------------- found by tools/misc/hostile_inputs.py

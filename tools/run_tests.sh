@@ -10,4 +10,8 @@ bash "$root/tools/setup_env.sh"
 source "$root/tools/stack_env.sh"
 cd "$root"
 echo "[mmvolo] testing on the $stack stack ($venv)"
-exec "$py" -m pytest -q -p no:cacheprovider tests "$@"
+# one pytest worker per core, at most 4 (each holds a few GB at its peak); a test file runs
+# whole in one worker, so module fixtures (checkpoints, trained toy models) are built once.
+# MMVOLO_TEST_WORKERS=0 runs everything in this process.
+workers="${MMVOLO_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+exec "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile tests "$@"
