@@ -221,9 +221,23 @@ def test_cpu_process_group_and_clean_shutdown():
     assert result.stdout.strip() == 'ok'
 
 
+LAUNCHER_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def unset_launcher_env(monkeypatch) -> None:
+    """Unset the launcher variables so that what the test's code exports is undone after it.
+
+    ``monkeypatch.delenv`` records nothing for a variable that is absent, so a value the code
+    under test then sets would outlive the test (MASTER_ADDR=node-01 once hung a later
+    two-process run in the same pytest worker); ``setenv`` first records the absence.
+    """
+    for name in LAUNCHER_ENV:
+        monkeypatch.setenv(name, 'unset')
+        monkeypatch.delenv(name)
+
+
 def test_slurm_env_is_exported(monkeypatch):
-    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(key, raising=False)
+    unset_launcher_env(monkeypatch)
     monkeypatch.setenv('SLURM_PROCID', '3')
     monkeypatch.setenv('SLURM_NTASKS', '8')
     monkeypatch.setenv('SLURM_LOCALID', '1')
@@ -265,8 +279,7 @@ def test_unactionable_mmengine_log_records_are_dropped():
 
 
 def test_mpi_environment_is_exported(monkeypatch):
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(name, raising=False)
+    unset_launcher_env(monkeypatch)
     monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '3')
     monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
     monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
