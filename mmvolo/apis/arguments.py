@@ -7,6 +7,7 @@ so a wrong argument looks like every other bad input.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import NoReturn, Sequence
 
 from mmengine.config import DictAction
@@ -67,3 +68,16 @@ def add_cfg_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override config settings, KEY=VALUE (e.g. train_cfg.max_iters=1000)')
+
+
+def check_output_folder(flag: str, path: str | None) -> None:
+    """Refuse an output file (e.g. ``--json``) whose folder does not exist, before any work.
+
+    Raises:
+        UsageError: ``--json X: folder F does not exist; create it first``.
+    """
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f'{flag} {path}: folder {folder} does not exist; create it first')

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -68,11 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
                              ('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0)):
         if value < low:
             raise UsageError(f'{flag} must be at least {low}, got {value}')
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise UsageError(f'--json {args.json}: folder {folder} does not exist; create it '
-                             'first')
+    check_output_folder('--json', args.json)
     if args.device == 'cuda':
         import torch
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
 from mmvolo.apis import UsageError, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / 'configs/volo/volo-d1_upernet_8xb2-80k_cityscapes-512x1024.py'
@@ -69,11 +68,7 @@ def check_args(args: argparse.Namespace) -> None:
         for value in values:
             if value < low:
                 raise UsageError(f'{flag} must be at least {low}, got {value}')
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise UsageError(f'--json {args.json}: folder {folder} does not exist; create it '
-                             'first')
+    check_output_folder('--json', args.json)
     import torch
 
     if args.device == 'auto':

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
 from mmvolo.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f'--mixers: unknown {unknown}; choose from {sorted(known)}')
     if args.jobs < 1:
         raise UsageError('--jobs must be >= 1')
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UsageError(f'--json: folder {Path(args.json).parent} does not exist')
+    check_output_folder('--json', args.json)
     return args
 
 
