@@ -24,21 +24,36 @@ CPU: one extra run under ``torch.profiler`` with ``profile_memory=True``; the al
 free events of the CPU allocator are replayed in time order and the maximum running total is
 taken (this sees every tensor allocation torch makes; it does not see non-torch memory).
 
+Load (``--load N``, default 0): N busy processes run for the whole benchmark, from before
+the first warm-up to after the last measurement, to measure the ops while other work
+saturates the cores (``--load 2`` on a 2-core machine: every core has a competing runnable
+process). Each is a pure-Python spin loop (``python -I -S -c 'while ...: pass'``), chosen over
+a torch matmul loop because it competes for CPU time only: no memory traffic or cache
+footprint that would mix a second effect into the numbers, no thread pool of its own, no
+memory, and it starts in ~20 ms without importing torch. It exits by itself within ~0.1 s
+once its parent is gone (it polls ``os.getppid()``), so even a killed benchmark leaves
+nothing spinning; normally it is terminated and joined in a ``finally`` (errors, Ctrl-C).
+The header line says ``load=N`` and which impl ``auto`` (a model's default) picks here; the
+records carry ``load``.
+
 Example: ``python tools/analysis/benchmark_ops.py --device cpu --json bench.json``
 
-Bad arguments (``--batch``/``--repeats`` below 1, an unknown ``--impls`` name, ``--device
-cuda`` without CUDA, ``--json`` into a missing folder) print one line ``error: ...`` and exit
-with status 2 before anything runs.
+Bad arguments (``--batch``/``--repeats`` below 1, ``--load`` below 0, an unknown ``--impls``
+name, ``--device cuda`` without CUDA, ``--json`` into a missing folder) print one line
+``error: ...`` and exit with status 2 before anything runs (no busy process started).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 from torch import nn
@@ -46,6 +61,7 @@ from torch import nn
 from mmvolo.apis import UsageError, run_tool
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
+from mmvolo.ops.outlook_attention import select_impl
 
 VARIANTS = {'d1': (192, 6), 'd2': (256, 8), 'd3': (256, 8), 'd4': (384, 12), 'd5': (384, 12)}
 SIZES = {'512x512': (512, 512), '1024x2048': (1024, 2048)}
@@ -55,6 +71,44 @@ KERNEL, PADDING, STRIDE, PATCH = 3, 1, 2, 8
 EXTRA_IMPLS = ('timm',)
 
 OpFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+#: One busy process of ``--load``: spins in pure Python until its parent is gone.
+SPIN_CODE = ('import os\n'
+             'parent = os.getppid()\n'
+             'while os.getppid() == parent:\n'
+             '    for _ in range(200000):\n'
+             '        pass\n')
+
+
+@contextlib.contextmanager
+def busy_load(count: int) -> Iterator[List[subprocess.Popen]]:
+    """Run ``count`` pure-Python spin processes for the duration of the block.
+
+    They are terminated and joined when the block ends, however it ends (error, Ctrl-C);
+    one that ignores SIGTERM for 5 s is killed.
+    """
+    procs: List[subprocess.Popen] = []
+    try:
+        for _ in range(count):
+            procs.append(subprocess.Popen([sys.executable, '-I', '-S', '-c', SPIN_CODE],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        yield procs
+    finally:
+        stop_processes(procs)
+
+
+def stop_processes(procs: List[subprocess.Popen], timeout: float = 5.0) -> None:
+    """Terminate every process, then join it (kill it when it outlives ``timeout``)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class _GivenLogits(nn.Module):
@@ -169,6 +223,12 @@ def make_inputs(batch: int, height: int, width: int, channels: int, heads: int,
     return v.requires_grad_(), logits.requires_grad_(), heads, grad
 
 
+def auto_choice(device: torch.device, dtype: torch.dtype) -> str:
+    """The impl ``'auto'`` picks for this device and dtype (what a model runs by default)."""
+    v, logits, _, _ = make_inputs(1, 2, 2, 8, 2, dtype, device)
+    return select_impl(v, 'auto', logits)
+
+
 def check_timm_equivalence(device: torch.device) -> float | None:
     """Max |timm - reference| on a small fp32 case (None without timm)."""
     op = timm_op(24, 3)
@@ -206,7 +266,8 @@ def run(args: argparse.Namespace) -> List[dict]:
                     fwd_ms=round(fwd[name], 3), fwdbwd_ms=round(fwdbwd[name], 3),
                     peak_mib=round(peak_mib(op, inputs, device), 1),
                     variants='/'.join(n.upper() for n in names), input_size=size,
-                    repeats=args.repeats, threads=torch.get_num_threads()))
+                    repeats=args.repeats, threads=torch.get_num_threads(),
+                    load=args.load))
             del inputs
     return records
 
@@ -247,6 +308,9 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
         'reference', *EXTRA_IMPLS, *(name for name in known_impls() if name != 'reference')])
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads for CPU runs (default: torch default)')
+    parser.add_argument('--load', type=int, default=0,
+                        help='busy processes (pure-Python spin loops) running during the '
+                        'benchmark, e.g. one per core (default: 0)')
     parser.add_argument('--json', default=None, help='write the records to this path')
     args = parser.parse_args(argv)
     check_device(args.device)
@@ -280,9 +344,10 @@ def check_device(device: str) -> None:
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """Require at least one image, one timed run and thread, and no negative warm-up."""
+    """Require at least one image, one timed run and thread, and no negative warm-up or load."""
     for flag, value, low in (('--batch', args.batch, 1), ('--repeats', args.repeats, 1),
-                             ('--warmup', args.warmup, 0), ('--threads', args.threads, 1)):
+                             ('--warmup', args.warmup, 0), ('--threads', args.threads, 1),
+                             ('--load', getattr(args, 'load', None), 0)):
         if value is not None and value < low:
             raise UsageError(f'{flag} must be at least {low}, got {value}')
 
@@ -308,12 +373,15 @@ def main(argv: List[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    diff = check_timm_equivalence(torch.device(args.device))
-    print(f'device={args.device} dtype={args.dtype} batch={args.batch} repeats={args.repeats} '
-          f'warmup={args.warmup} torch={torch.__version__} threads={torch.get_num_threads()}')
-    if diff is not None:
-        print(f'timm vs reference max |diff| (fp32, small case): {diff:.2e}')
-    records = run(args)
+    with busy_load(args.load):
+        diff = check_timm_equivalence(torch.device(args.device))
+        print(f'device={args.device} dtype={args.dtype} batch={args.batch} '
+              f'repeats={args.repeats} warmup={args.warmup} torch={torch.__version__} '
+              f'threads={torch.get_num_threads()} load={args.load} '
+              f'auto={auto_choice(torch.device(args.device), DTYPES[args.dtype])}')
+        if diff is not None:
+            print(f'timm vs reference max |diff| (fp32, small case): {diff:.2e}')
+        records = run(args)
     print(format_table(records))
     if args.json:
         with open(args.json, 'w') as f:
