@@ -102,8 +102,8 @@ def _check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
     if levels is None:
         return list(range(num_levels))
     if (isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels
-            or not all(isinstance(i, numbers.Integral) and 0 <= i < num_levels
-                       for i in levels)):
+            or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                       and 0 <= i < num_levels for i in levels)):
         raise ValueError(f'MixerNeck levels={levels!r}: must be a non-empty list of level '
                          f'indices in 0..{num_levels - 1}')
     return sorted({int(i) for i in levels})

@@ -274,6 +274,18 @@ def _ratio(value: float, base: float | None) -> str:
     return f'{value / base:.2f}' if base else '-'
 
 
+def _tokens(r: dict) -> str:
+    """The ``input | tokens`` cells of a record's row."""
+    return f"{r['input_size']} | {r['batch']}x{r['height']}x{r['width']}x{r['channels']}"
+
+
+def _timings(r: dict, base: dict) -> str:
+    """The fwd, fwd+bwd and peak cells of a record's row, each with its ratio to ``base``."""
+    return ' | '.join(f"{r[key]:{spec}} | {_ratio(r[key], base.get(key))}"
+                      for key, spec in (('fwd_ms', '.1f'), ('fwdbwd_ms', '.1f'),
+                                        ('peak_mib', '.0f')))
+
+
 def format_tables(records: List[dict]) -> str:
     """Markdown tables: modules (ratios to OutlookAttention), ops (ratios fast / reference)."""
     lines = []
@@ -284,13 +296,8 @@ def format_tables(records: List[dict]) -> str:
                   'x OA | peak MiB (fwd+bwd) | x OA |', '|' + '---|' * 11]
         for r in modules:
             b = base.get(r['input_size'], {})
-            lines.append(
-                f"| {r['input_size']} | {r['batch']}x{r['height']}x{r['width']}x"
-                f"{r['channels']} | {r['name']} | {r['params'] / 1e3:.1f}k | "
-                f"{r['macs'] / 1e9:.2f} | {r['fwd_ms']:.1f} | "
-                f"{_ratio(r['fwd_ms'], b.get('fwd_ms'))} | {r['fwdbwd_ms']:.1f} | "
-                f"{_ratio(r['fwdbwd_ms'], b.get('fwdbwd_ms'))} | {r['peak_mib']:.0f} | "
-                f"{_ratio(r['peak_mib'], b.get('peak_mib'))} |")
+            lines.append(f"| {_tokens(r)} | {r['name']} | {r['params'] / 1e3:.1f}k | "
+                         f"{r['macs'] / 1e9:.2f} | {_timings(r, b)} |")
     ops = [r for r in records if r['section'] == 'op']
     if ops:
         if lines:
@@ -300,12 +307,7 @@ def format_tables(records: List[dict]) -> str:
                   'peak MiB (fwd+bwd) | x ref |', '|' + '---|' * 10]
         for r in ops:
             b = ref.get((r['input_size'], r['name']), {})
-            lines.append(
-                f"| {r['input_size']} | {r['batch']}x{r['height']}x{r['width']}x"
-                f"{r['channels']} | {r['name']} | {r['impl']} | {r['fwd_ms']:.1f} | "
-                f"{_ratio(r['fwd_ms'], b.get('fwd_ms'))} | {r['fwdbwd_ms']:.1f} | "
-                f"{_ratio(r['fwdbwd_ms'], b.get('fwdbwd_ms'))} | {r['peak_mib']:.0f} | "
-                f"{_ratio(r['peak_mib'], b.get('peak_mib'))} |")
+            lines.append(f"| {_tokens(r)} | {r['name']} | {r['impl']} | {_timings(r, b)} |")
     return '\n'.join(lines)
 
 
