@@ -9,6 +9,12 @@ and the growth of the process's peak RSS over the built model on CPU (``ru_maxrs
     python tools/analysis/benchmark_model.py --device cuda --batch 8 --size 512
     python tools/analysis/benchmark_model.py --device cpu --batch 1 --size 256 --repeats 3
     python tools/analysis/benchmark_model.py ... --json results.json
+    python tools/analysis/benchmark_model.py --device cpu --batch 1 --modes infer --profile 12
+
+``--profile N`` adds, per case, where one more step spends its time: the forward time of each
+part of the model (the backbone's and the decode head's children, list children one by one;
+forward hooks, so backward is not in it) and the ``N`` costliest operators by self time
+(torch.profiler).
 
 Bad arguments (``--device cuda`` without CUDA, counts below 1, ``--json`` into a missing
 folder) print one line ``error: ...`` and exit with status 2 before any case runs; when a
@@ -57,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=['train', 'infer'])
     parser.add_argument('--amp', action='store_true', help='bf16 autocast')
     parser.add_argument('--json', help='write the records to this file')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='also print where a step spends its time: per-module forward '
+                             'times and the N costliest operators')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     return parser.parse_args(argv)
 
@@ -64,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse arguments no case could run with, before running any (UsageError)."""
     for flag, value, low in (('--batch', args.batch, 1), ('--size', args.size, 32),
-                             ('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0)):
+                             ('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0),
+                             ('--profile', args.profile, 0)):
         if value < low:
             raise UsageError(f'{flag} must be at least {low}, got {value}')
     check_output_folder('--json', args.json)
@@ -136,10 +146,67 @@ def run_case(args: argparse.Namespace, name: str, mode: str) -> dict:
     else:  # warm-up already reached the steady-state peak; report the process peak
         peak_mib = max(rss_before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
     median = statistics.median(times)
-    return dict(model=name, mode=mode, device=args.device, batch=args.batch, size=args.size,
-                amp=args.amp, step_ms=median * 1e3, images_per_s=args.batch / median,
-                peak_mib=peak_mib,
-                params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    record = dict(model=name, mode=mode, device=args.device, batch=args.batch, size=args.size,
+                  amp=args.amp, step_ms=median * 1e3, images_per_s=args.batch / median,
+                  peak_mib=peak_mib,
+                  params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    if args.profile:
+        record['profile'] = profile_step(model, step, sync, args.profile)
+    return record
+
+
+def timed_parts(model) -> dict:
+    """{dotted name: [modules]} of the parts a profile reports: the children of the backbone
+    and of the decode head, list/dict containers replaced by their entries. A Sequential is
+    timed through its blocks (summed), since a backbone may iterate it instead of calling it."""
+    import torch
+
+    parts = {}
+    for owner in ('backbone', 'decode_head'):
+        for name, child in getattr(model, owner).named_children():
+            entries = {name: child}
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+                entries = {f'{name}.{key}': entry for key, entry in child.named_children()}
+            for key, entry in entries.items():
+                blocks = list(entry) if isinstance(entry, torch.nn.Sequential) else [entry]
+                parts[f'{owner}.{key}'] = blocks
+    return parts
+
+
+def profile_step(model, step, sync, top: int) -> dict:
+    """One more step with forward hooks on :func:`timed_parts` and torch.profiler: returns
+    the step time, [(part, forward ms)] largest first, and the ``top`` operators' table."""
+    import torch
+
+    spent: dict = {}
+    started: dict = {}
+    handles = []
+    for name, module in ((name, block) for name, blocks in timed_parts(model).items()
+                         for block in blocks):
+        def before(_module, _inputs):
+            sync()
+            started[id(_module)] = time.perf_counter()
+
+        def after(_module, _inputs, _output, name=name):
+            sync()
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started.pop(id(_module))
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            start = time.perf_counter()
+            step()
+            sync()
+            total = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    sort_by = 'self_cuda_time_total' if len(activities) > 1 else 'self_cpu_time_total'
+    return dict(step_ms=total * 1e3,
+                parts=sorted(((k, v * 1e3) for k, v in spent.items()), key=lambda kv: -kv[1]),
+                operators=prof.key_averages().table(sort_by=sort_by, row_limit=top))
 
 
 def run_in_subprocess(argv: list[str], name: str, mode: str) -> dict:
@@ -162,6 +229,22 @@ def print_table(records: list[dict]) -> None:
         print(f"{rec['model']:<18}{rec['mode']:<7}{rec['step_ms']:>10.1f}"
               f"{rec['images_per_s']:>9.2f}{rec['peak_mib']:>10.0f}{rec['params_m']:>10.1f}")
     print_ratios(records)
+    for rec in records:
+        if 'profile' in rec:
+            print_profile(rec)
+
+
+def print_profile(record: dict) -> None:
+    """Where one profiled step of a case spent its time (see ``profile_step``)."""
+    profile = record['profile']
+    total = profile['step_ms']
+    print(f"\n{record['model']} {record['mode']}: profiled step {total:.0f} ms "
+          '(forward time per part; profiler overhead included)')
+    for name, ms in profile['parts']:
+        print(f'  {name:<40}{ms:>9.1f} ms {100 * ms / total:>5.1f}%')
+    rest = total - sum(ms for _, ms in profile['parts'])
+    print(f"  {'(everything else)':<40}{rest:>9.1f} ms {100 * rest / total:>5.1f}%")
+    print(profile['operators'])
 
 
 def print_ratios(records: list[dict]) -> None:
