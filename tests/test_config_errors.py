@@ -1,6 +1,6 @@
 """Bad VOLO backbone arguments in a config, and malformed ``--cfg-options``: one line each.
 
-The checks are tested directly; a few tool subprocesses (run concurrently) confirm what a
+The checks are tested directly; ``tools/train.py`` run on a few bad options confirms what a
 user sees.
 """
 from __future__ import annotations
@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, single_line_error, tool_command, tool_env
+from tool_helpers import TOY_CONFIG, make_tiny_data, run_tool_in_process, single_line_error
 
 from mmvolo.apis import UsageError, check_arch, load_config
 from mmvolo.apis.arguments import CfgOptionsAction, cfg_option_problem
@@ -81,28 +80,22 @@ CLI_CASES = {
 
 
 @pytest.fixture(scope='module')
-def cli_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+def toy_config_file(tmp_path_factory) -> Path:
+    """A child of the toy config on two generated images (the errors come before any use)."""
     root = tmp_path_factory.mktemp('config_errors')
     data = make_tiny_data(root / 'toy', num_train=2, num_val=2)
     config = root / 'toy.py'
     config.write_text(f"_base_ = [{str(TOY_CONFIG)!r}]\ndata_root = {str(data)!r}\n"
                       "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
                       "val_dataloader = dict(dataset=dict(data_root=data_root))\n")
-    running = {name: subprocess.Popen(
-        tool_command('train.py', config, '--work-dir', root / 'work', '--cfg-options',
-                     *options), cwd=REPO, env=tool_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for name, (options, _) in CLI_CASES.items()}
-    results = {}
-    for name, process in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout,
-                                                    stderr)
-    return results
+    return config
 
 
 @pytest.mark.parametrize('case', sorted(CLI_CASES))
-def test_train_cli_reports_one_line(cli_results: dict, case: str):
-    result = cli_results[case]
+def test_train_cli_reports_one_line(toy_config_file: Path, case: str, tmp_path, capsys):
+    """``tools/train.py`` itself (run in this process: the error comes before training)."""
+    result = run_tool_in_process('train.py', toy_config_file, '--work-dir', tmp_path / 'work',
+                                 '--cfg-options', *CLI_CASES[case][0], capsys=capsys)
     line = single_line_error(result)
     assert line.startswith(CLI_CASES[case][1]), line
     assert result.returncode == 2, result.stderr

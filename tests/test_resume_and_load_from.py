@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from mmengine.config import Config
-from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, run_tool, write_tiny_config
+from tool_helpers import TOY_CONFIG, make_tiny_data, run_tool_in_process, write_tiny_config
 
 from mmvolo.apis import UsageError, check_load_from, resolve_resume
 from mmvolo.apis.checks import expected_shapes
@@ -113,12 +113,12 @@ def test_load_from_that_does_not_fit_is_refused(tmp_path, toy_cfg, toy_weights, 
 
 
 @pytest.mark.slow
-def test_train_refuses_a_foreign_load_from_in_one_line(tmp_path):
+def test_train_refuses_a_foreign_load_from_in_one_line(tmp_path, capsys):
     config = write_tiny_config(tmp_path / 'tiny.py', make_tiny_data(tmp_path / 'toy'), 2, 2)
     foreign = tmp_path / 'resnet.pth'
     torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, foreign)
-    result = run_tool('train.py', config, '--work-dir', tmp_path / 'run', '--cfg-options',
-                      f'load_from={foreign}', cwd=REPO, PYTHONPATH=str(REPO))
+    result = run_tool_in_process('train.py', config, '--work-dir', tmp_path / 'run',
+                                 '--cfg-options', f'load_from={foreign}', capsys=capsys)
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
         f'error: load_from {foreign} is not a checkpoint of this model')

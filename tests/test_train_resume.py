@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tool_helpers import REPO, TOY_CONFIG, make_tiny_data, run_tool, start_tool
+from tool_helpers import (
+    REPO,
+    TOY_CONFIG,
+    make_tiny_data,
+    run_tool,
+    run_tool_in_process,
+    start_tool,
+)
 
 from mmvolo.checkpoint import load_checkpoint_file
 
@@ -154,11 +161,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, num_workers):
         assert torch.equal(resumed_weights[key], value), f'{key} differs after resuming'
 
 
-def test_resume_from_explicit_checkpoint_path_must_exist(data, tmp_path):
+def test_resume_from_explicit_checkpoint_path_must_exist(data, tmp_path, monkeypatch, capsys):
     root, data_root = data
     config = write_random_config(root / 'missing.py', data_root, 0)
-    result = run_tool('train.py', config, '--work-dir', tmp_path, '--resume',
-                      tmp_path / 'nope.pth', cwd=REPO, timeout=120,
-                      PYTHONPATH=os.pathsep.join([str(root), str(REPO)]))
+    monkeypatch.syspath_prepend(str(root))  # the config imports pause_hook
+    result = run_tool_in_process('train.py', config, '--work-dir', tmp_path, '--resume',
+                                 tmp_path / 'nope.pth', capsys=capsys)
     assert result.returncode == 2
     assert 'error: --resume checkpoint' in result.stderr and 'Traceback' not in result.stderr
