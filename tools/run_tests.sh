@@ -15,6 +15,6 @@ echo "[mmvolo] testing on the $stack stack ($venv)"
 # MMVOLO_TEST_WORKERS=0 runs everything in this process.
 # Byte-compile the checkout first: with PYTHONDONTWRITEBYTECODE set (as on CI) every one of
 # the suite's ~80 fresh interpreters would otherwise recompile mmvolo (~1.5 s each).
-"$py" -m compileall -q -j 0 mmvolo tools tests >/dev/null
+"$py" -m compileall -q -j 0 mmvolo tools >/dev/null
 workers="${MMVOLO_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
 exec "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile tests "$@"
