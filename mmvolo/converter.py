@@ -278,7 +278,7 @@ def verify_conversion(source: dict[str, torch.Tensor], converted_path: str, arch
     if any(not HEAD_KEY_PATTERN.match(key) for key in missing):
         raise CheckpointError(f'timm volo_{arch} lacks weights for {missing[:3]}')
     image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad(), _quiet_mmengine():
+    with torch.no_grad(), quiet_mmengine_info():
         expected = reference.forward_intermediates(image, norm=False, intermediates_only=True)
         backbone = _load_backbone(converted_path, arch, size)
         groups = backbone(image)
@@ -330,7 +330,7 @@ def _max_diff(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def _quiet_mmengine() -> Iterator[None]:
+def quiet_mmengine_info() -> Iterator[None]:
     """Hold back mmengine's INFO logs (the loaders' summaries) while verifying."""
     from mmengine.logging import MMLogger
 

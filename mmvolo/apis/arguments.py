@@ -81,3 +81,15 @@ def check_output_folder(flag: str, path: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f'{flag} {path}: folder {folder} does not exist; create it first')
+
+
+def write_json_report(records: object, path: str | None) -> None:
+    """Write a tool's records as indented JSON to ``path`` (checked with
+    :func:`check_output_folder` first), atomically: a complete file or the previous one."""
+    if path is None:
+        return
+    import json
+
+    from mmvolo.fileio import write_text_atomic
+
+    write_text_atomic(json.dumps(records, indent=2), path)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import re
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -51,7 +50,7 @@ import torch
 from torch import nn
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.models import DWConvMixer, Involution, LocalSelfAttention, OutlookAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
 
@@ -69,7 +68,6 @@ _ops_bench = _load_benchmark_ops()
 time_round_robin = _ops_bench.time_round_robin
 peak_mib = _ops_bench.peak_mib
 check_device, check_counts = _ops_bench.check_device, _ops_bench.check_counts
-check_json_path = _ops_bench.check_json_path
 _fwd, _fwdbwd = _ops_bench._fwd, _ops_bench._fwdbwd
 
 CHANNELS, HEADS, PATCH = 192, 6, 8  # VOLO-D1 stage 1
@@ -341,7 +339,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
         raise UsageError(f'--op-batch must be at least 1, got {args.op_batch}')
     for size in [*args.sizes, *args.op_sizes]:
         parse_size(size)
-    check_json_path(args.json)
+    check_output_folder('--json', args.json)
     return args
 
 
@@ -356,9 +354,7 @@ def main(argv: List[str] | None = None) -> None:
     print('FLOPs: analytic multiply-adds (GMACs, whole batch); ' + flop_cross_check())
     records = run(args)
     print(format_tables(records))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(records, f, indent=1)
+    write_json_report(records, args.json)
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f'device={args.device} batch={args.batch} input={args.size}x{args.size} '
           f'amp={args.amp} repeats={args.repeats} (medians)')
     print_table(records)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
+    write_json_report(records, args.json)
     failed = [f"{rec['model']} {rec['mode']}" for rec in records if 'error' in rec]
     if failed:
         raise UsageError(f'{len(failed)} of {len(records)} cases failed ({", ".join(failed)}); '

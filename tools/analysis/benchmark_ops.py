@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -59,7 +57,7 @@ import torch
 from torch import nn
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook_attention import select_impl
 
@@ -320,7 +318,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     args.warmup = _default(args.warmup, 3 if on_cuda else 2)
     check_counts(args)
     check_impls(args.impls)
-    check_json_path(args.json)
+    check_output_folder('--json', args.json)
     if 'reference' not in args.impls:
         args.impls = ['reference', *args.impls]  # ratios need it
     return args
@@ -361,13 +359,6 @@ def check_impls(impls: List[str]) -> None:
                          f'{", ".join(dict.fromkeys(known))}')
 
 
-def check_json_path(path: str | None) -> None:
-    """Require the folder of ``--json`` to exist (checked before the long run)."""
-    folder = os.path.dirname(os.path.abspath(path)) if path else None
-    if folder and not os.path.isdir(folder):
-        raise UsageError(f'--json {path}: folder {folder} does not exist; create it first')
-
-
 def main(argv: List[str] | None = None) -> None:
     """Entry point (bad arguments raise UsageError)."""
     args = parse_args(argv)
@@ -383,9 +374,7 @@ def main(argv: List[str] | None = None) -> None:
             print(f'timm vs reference max |diff| (fp32, small case): {diff:.2e}')
         records = run(args)
     print(format_table(records))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(records, f, indent=1)
+    write_json_report(records, args.json)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,6 @@ status 2 before anything is timed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from mmvolo.apis import UsageError, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / 'configs/volo/volo-d1_upernet_8xb2-80k_cityscapes-512x1024.py'
@@ -189,8 +188,7 @@ def main(argv: List[str] | None = None) -> None:
           f"stride={'x'.join(map(str, first['stride']))} windows/image={first['windows']} "
           f'repeats={args.repeats} warmup={args.warmup} (medians)')
     print(format_table(records))
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
+    write_json_report(records, args.json)
 
 
 if __name__ == '__main__':

@@ -22,8 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder
-from mmvolo.fileio import write_text_atomic
+from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / 'configs' / 'ablation'
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             for mixer in args.mixers]
     print_table(rows)
     if args.json:
-        write_text_atomic(json.dumps(rows, indent=2), args.json)
+        write_json_report(rows, args.json)
 
 
 if __name__ == '__main__':
