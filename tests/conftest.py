@@ -36,3 +36,14 @@ def _passing_run_keeps_no_temp_files(request, tmp_path_factory):
     yield
     if request.session.testsfailed == 0:
         shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with ``slow`` tests first, each file's tests in their own order.
+
+    pytest-xdist (``--dist loadfile``) hands files to workers in collection order; collected
+    alphabetically, the costliest ones (training, resume, mmseg's tools) came last and ran
+    alone on one core at the end. Started first, the short files fill in around them.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker('slow')}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept within

@@ -24,6 +24,7 @@ def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProces
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
 
 
+@pytest.mark.slow  # two fresh interpreters importing mmseg; the file has a dozen more
 @pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
 def test_mmcv_lite_standin_lets_mmseg_models_import():
     if provider('mmseg').distribution == 'mmsegmentation':  # onedl's mmseg guards itself

@@ -10,11 +10,15 @@ bash "$root/tools/setup_env.sh"
 source "$root/tools/stack_env.sh"
 cd "$root"
 echo "[mmvolo] testing on the $stack stack ($venv)"
-# one pytest worker per core, at most 4 (each holds a few GB at its peak); a test file runs
-# whole in one worker, so module fixtures (checkpoints, trained toy models) are built once.
-# MMVOLO_TEST_WORKERS=0 runs everything in this process.
-# Byte-compile the checkout first: with PYTHONDONTWRITEBYTECODE set (as on CI) every one of
-# the suite's ~80 fresh interpreters would otherwise recompile mmvolo (~1.5 s each).
-"$py" -m compileall -q -j 0 mmvolo tools >/dev/null
-workers="${MMVOLO_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+# pytest-xdist: one worker per core plus one (a worker waiting on a tool subprocess leaves
+# its core to the others), at most 4 (each holds a few GB at its peak), one intra-op thread
+# each (OMP_NUM_THREADS, inherited by the tools the tests start: more threads than cores
+# only spin); a test file runs whole in one worker, so module fixtures (checkpoints, trained
+# toy models) are built once. MMVOLO_TEST_WORKERS=0 runs everything in this process, with
+# torch's default threads.
+cores="$(nproc)"
+workers="${MMVOLO_TEST_WORKERS:-$(( cores + 1 < 4 ? cores + 1 : 4 ))}"
+if [ "$workers" != 0 ]; then
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
 exec "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile tests "$@"
