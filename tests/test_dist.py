@@ -6,24 +6,19 @@ and BN, say so in one line, and finish cleanly.
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import pytest
 from tool_helpers import REPO, TOOLS, make_tiny_data, tool_env, write_tiny_config
 
+from mmvolo.utils import free_port
+
 NOTICE = '[mmvolo] no CUDA: running on CPU'
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _run_script(script: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = tool_env(PYTHON=sys.executable, PORT=str(_free_port()))
+    env = tool_env(PYTHON=sys.executable, PORT=str(free_port()))
     return subprocess.run(['bash', str(TOOLS / script), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -2,7 +2,6 @@
 ``import mmvolo`` changes nothing in the host, importing ``mmvolo.runtime`` applies the fixes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from mmengine.config import Config
 
 from mmvolo import runtime
 from mmvolo.stack import provider
+from mmvolo.utils import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MMCV_LITE = 'mmvolo stand-in' in (getattr(sys.modules.get('mmcv._ext'), '__doc__', '') or '')
@@ -205,12 +205,6 @@ def test_adapt_cfg_to_cpu():
     assert cfg.model.heads[0].norm_cfg.type == 'BN'
     assert changes == ['gloo backend', 'DDP without device ids', 'SyncBN -> BN']
     assert runtime.adapt_cfg_to_cpu(cfg) == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the fix applies only without CUDA')

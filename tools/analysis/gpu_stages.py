@@ -37,7 +37,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from mmvolo.checkpoint import first_line
 from mmvolo.converter import quiet_mmengine_info
 from mmvolo.ops import available_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook_attention import IMPL_ENV_VAR, output_grid, select_impl
+from mmvolo.utils import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 K, P = bo.KERNEL, bo.PADDING
@@ -583,12 +583,6 @@ def compiled_check(run, model, x: torch.Tensor, eager: tuple, impl: str) -> None
 
 
 # ------------------------------------------------------------------------------ training
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def run_logged(command: List[str], log: Path, timeout: float, env: dict) -> tuple:
     """Run ``command`` in its own process group, output to ``log``; kill the group on
     timeout or interruption. Returns (exit code or None when timed out, seconds)."""
