@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / 'configs' / 'volo'
 NAME = re.compile(r'^volo-(?P<arch>d[1-5])_upernet_8xb(?P<per_gpu>\d)-(?P<iters>\d+)k_'
                   r'(?P<dataset>ade20k|cityscapes)-(?P<crop>\d+x\d+)$')
-TOY = 'volo-toy_upernet_1xb4-400iter_toy-64x64'
+TOY = 'volo-toy_upernet_1xb2-800iter_toy-64x64'
 #: (config, dataset, mIoU): what the paper reports for UperNet (arXiv 2106.13112, abstract)
 PAPER = {('volo-d5_upernet_8xb2-160k_ade20k-512x512', 'ADE20K', 54.3),
          ('volo-d4_upernet_8xb1-80k_cityscapes-1024x1024', 'Cityscapes', 84.3)}

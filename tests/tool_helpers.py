@@ -10,7 +10,7 @@ from mmvolo.datasets.toy_generator import ToySpec, generate_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
-TOY_CONFIG = REPO / 'configs' / 'volo' / 'volo-toy_upernet_1xb4-400iter_toy-64x64.py'
+TOY_CONFIG = REPO / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 
 
 def tool_env(**extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-config=configs/volo/volo-toy_upernet_1xb4-400iter_toy-64x64.py
+config=configs/volo/volo-toy_upernet_1xb2-800iter_toy-64x64.py
 data=work_dirs/toy_data
 work="${QUICKSTART_WORK_DIR:-work_dirs/quickstart}"
 # shellcheck source=tools/stack_env.sh

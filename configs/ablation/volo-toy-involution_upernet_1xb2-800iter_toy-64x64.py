@@ -1,5 +1,5 @@
 # Token-mixer ablation on the toy data (docs/ablation.md): the quick-start recipe with the
 # outlooker stage's mixer set to Involution. The four ablation configs differ only in this line.
-_base_ = ['../volo/volo-toy_upernet_1xb4-400iter_toy-64x64.py']
+_base_ = ['../volo/volo-toy_upernet_1xb2-800iter_toy-64x64.py']
 
 model = dict(backbone=dict(token_mixer=dict(type='Involution', kernel_size=3)))

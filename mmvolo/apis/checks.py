@@ -32,7 +32,7 @@ DATA_HINTS = {
     'ADE20KDataset': 'download ADE20K there',
     'ToyShapesDataset': 'generate it with `python tools/make_toy_dataset.py {root}`',
 }
-EXAMPLE_CONFIG = 'configs/volo/volo-toy_upernet_1xb4-400iter_toy-64x64.py'
+EXAMPLE_CONFIG = 'configs/volo/volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 
 
 class UsageError(Exception):

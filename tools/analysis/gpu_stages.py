@@ -92,7 +92,7 @@ DRY_ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 
                 stem_hidden_dims=8)
 
 # training
-TOY_CONFIG = ROOT / 'configs' / 'volo' / 'volo-toy_upernet_1xb4-400iter_toy-64x64.py'
+TOY_CONFIG = ROOT / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 #: 6 classes, chance mIoU ~10; tests/test_toy_learning.py measured 57-90 after 400 iterations.
 MIN_MIOU = 40.0
 

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools'
-TOY_CONFIG = REPO / 'configs' / 'volo' / 'volo-toy_upernet_1xb4-400iter_toy-64x64.py'
+TOY_CONFIG = REPO / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 ROOT = Path('/tmp/hostile')
 PYTHON = sys.executable
 TIMEOUT_S = 120
