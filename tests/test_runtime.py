@@ -125,7 +125,8 @@ def test_importing_the_runtime_is_what_applies_the_fixes():
 def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool,
                    onedl_mmdet: bool) -> set[str]:
     """The import-time fixes each stack needs, and nothing else."""
-    fixes = {'quiet-warnings', 'quiet-log-records', 'weights-only-checkpoint-loader'}
+    fixes = {'quiet-warnings', 'quiet-log-records', 'weights-only-checkpoint-loader',
+             'config-index-cache'}
     if not compiled_ops and (stack == 'openmmlab' or onedl_mmdet):  # unguarded mmcv.ops
         fixes |= {'mmcv-ext-standin', 'torchvision-mmcv-ops'}
     if stack == 'onedl':
@@ -249,6 +250,40 @@ def test_slurm_env_is_exported(monkeypatch):
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('3', '8', '1')
     assert os.environ['MASTER_ADDR'] == 'node-01'
+
+
+def test_config_bases_read_the_model_index_once(monkeypatch):
+    """``pkg::`` bases: mmseg's model index (53 YAML files) is read once per process, not per
+    base; lookups answer as mmengine's own (the entry, or the ValueError that makes it fall
+    back to a base config), and a VOLO config loads to the same result."""
+    import mmengine.fileio
+    import mmseg
+    from mmengine.config import utils
+
+    from mmvolo.runtime import config_index
+
+    package = str(Path(mmseg.__file__).parent)
+    assert utils._get_cfg_metainfo is config_index.cached_cfg_metainfo
+    original = config_index.mmengine_cfg_metainfo
+    reads = []
+    real_load = mmengine.fileio.load
+    monkeypatch.setattr(mmengine.fileio, 'load', lambda *a, **k: reads.append(a) or
+                        real_load(*a, **k))
+    monkeypatch.setattr(config_index, '_INDEXES', {})
+    with pytest.raises(ValueError):
+        config_index.cached_cfg_metainfo(package, '_base_/models/upernet_swin')
+    metafiles = len(real_load(str(Path(package) / '.mim' / 'model-index.yml'))['Import'])
+    assert len(reads) == 1 + metafiles > 10
+    name = next(iter(config_index._INDEXES[package]))
+    assert config_index.cached_cfg_metainfo(package, name) == original(package, name)
+    with pytest.raises(ValueError):
+        original(package, '_base_/models/upernet_swin')
+    assert len(reads) == 1 + metafiles  # nothing re-read
+
+    path = str(ROOT / 'configs/volo/volo-d2_upernet_8xb2-80k_cityscapes-512x1024.py')
+    cached = Config.fromfile(path).to_dict()
+    monkeypatch.setattr(utils, '_get_cfg_metainfo', original)
+    assert Config.fromfile(path).to_dict() == cached
 
 
 @pytest.mark.parametrize('node_list, host', [('node-[01-02]', 'node-01'), ('a1,a2', 'a1'),

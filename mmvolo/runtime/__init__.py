@@ -16,6 +16,7 @@ Each fix is one function with its reason in its docstring and a test in
 4. :func:`init_cpu_process_group`, :func:`adapt_cfg_to_cpu`, :func:`shutdown_process_group`:
    distributed training without CUDA.
 5. :func:`harden_runner_cfg`: atomic checkpoints and exact resume for any config.
+6. :func:`cache_model_index`: ``pkg::`` config bases without re-reading the model index.
 
 One submodule per fix family; this package re-exports them.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .checkpoints import is_trusted_checkpoint, register_checkpoint_loader, trust_checkpoint
+from .config_index import cache_model_index
 from .config_scope import map_mmseg_config_scope
 from .distributed import (
     _export_mpi_env,
@@ -42,7 +44,7 @@ from .noise import (
     silence_unactionable_warnings,
 )
 
-__all__ = ['UNACTIONABLE_LOG_MESSAGES', 'adapt_cfg_to_cpu', 'apply',
+__all__ = ['UNACTIONABLE_LOG_MESSAGES', 'adapt_cfg_to_cpu', 'apply', 'cache_model_index',
            'filter_unactionable_log_records', 'first_slurm_host', 'harden_runner_cfg',
            'init_cpu_process_group', 'install_mmcv_ext_standin', 'is_trusted_checkpoint',
            'ACTIVE_FIXES', 'map_mmseg_config_scope',
@@ -86,6 +88,8 @@ def apply() -> None:
                   'detection come from torchvision', _install_torchvision_ops)
     _activate('mmseg-config-scope', "mmengine maps 'mmseg::' to the distribution "
               "'mmsegmentation', which this stack does not have", map_mmseg_config_scope)
+    _activate('config-index-cache', "mmengine re-reads a package's whole model index (53 "
+              "YAML files for mmseg) for every 'pkg::' config base", cache_model_index)
     _activate('quiet-onedl-notice', 'onedl-mmsegmentation prints "Could not import OneDL" '
               'twice without the optional onedl package', import_mmseg_datasets_quietly)
     _activate('weights-only-checkpoint-loader', "mmengine's local checkpoint loader unpickles "
