@@ -39,11 +39,16 @@ def _passing_run_keeps_no_temp_files(request, tmp_path_factory):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Files with ``slow`` tests first, each file's tests in their own order.
+    """Costliest files first: by the ``seconds`` their ``slow`` tests declare, summed (about
+    that long each on a 2-core machine), each file's tests in their own order.
 
     pytest-xdist (``--dist loadfile``) hands files to workers in collection order; collected
-    alphabetically, the costliest ones (training, resume, mmseg's tools) came last and ran
+    alphabetically, the costliest ones (toy learning, resume, mmseg's tools) came last and ran
     alone on one core at the end. Started first, the short files fill in around them.
     """
-    slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept within
+    cost: dict = {}
+    for item in items:
+        marker = item.get_closest_marker('slow')
+        if marker is not None:
+            cost[item.path] = cost.get(item.path, 0) + marker.kwargs.get('seconds', 1)
+    items.sort(key=lambda item: -cost.get(item.path, 0))  # stable: order kept within a file

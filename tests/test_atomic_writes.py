@@ -94,7 +94,7 @@ Path.write_bytes = write_bytes
 '''
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_disk_full_during_a_runner_save_keeps_the_previous_checkpoint(tmp_path):
     (tmp_path / 'disk_full.py').write_text(DISK_FULL.format(at=4))
     config = write_tiny_config(tmp_path / 'tiny.py', make_tiny_data(tmp_path / 'toy'), 6, 2,

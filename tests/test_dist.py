@@ -23,7 +23,7 @@ def _run_script(script: str, *args: object, timeout: float = 300) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 @pytest.mark.skipif(sys.platform == 'win32', reason='bash launcher scripts')
 def test_two_process_train_then_test(tmp_path):
     data = make_tiny_data(tmp_path / 'toy', num_train=8, num_val=4)

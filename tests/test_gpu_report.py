@@ -58,7 +58,7 @@ def _with_fn(tool, monkeypatch, name: str, fn, **changes) -> None:
                                                                **changes))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_dry_run_runs_every_stage_on_cpu_and_reports_numbers(tool, tmp_path):
     out = tmp_path / 'report'
     tool.main(['--out', str(out), '--dry-run', '--profile'])  # returns: exit status 0

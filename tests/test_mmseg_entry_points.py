@@ -31,7 +31,7 @@ ONEDL_SCOPE_BUG = ("onedl-mmengine maps 'mmseg::' to 'mmsegmentation', absent on
                    'stacks); mmvolo\'s own tools are the entry point there')
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 @pytest.mark.skipif(getattr(provider('mmseg'), 'distribution', '') == 'onedl-mmsegmentation',
                     reason=ONEDL_SCOPE_BUG)
 def test_mmseg_train_resume_and_test_with_an_mmvolo_config(tmp_path):

@@ -71,7 +71,7 @@ def toy_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_cli_export_at_odd_size_matches_pytorch(tmp_path, toy_checkpoint):
     checkpoint, model = toy_checkpoint
     out = tmp_path / 'toy.onnx'

@@ -112,7 +112,6 @@ def test_load_from_that_does_not_fit_is_refused(tmp_path, toy_cfg, toy_weights, 
     assert info.value.exit_code == 1 and '\n' not in str(info.value)
 
 
-@pytest.mark.slow
 def test_train_refuses_a_foreign_load_from_in_one_line(tmp_path, capsys):
     config = write_tiny_config(tmp_path / 'tiny.py', make_tiny_data(tmp_path / 'toy'), 2, 2)
     foreign = tmp_path / 'resnet.pth'

@@ -24,7 +24,7 @@ def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProces
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
 
 
-@pytest.mark.slow  # two fresh interpreters importing mmseg; the file has a dozen more
+@pytest.mark.slow(seconds=12)  # two fresh interpreters importing mmseg
 @pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
 def test_mmcv_lite_standin_lets_mmseg_models_import():
     if provider('mmseg').distribution == 'mmsegmentation':  # onedl's mmseg guards itself
@@ -148,6 +148,7 @@ def test_the_active_stack_gets_exactly_its_fixes():
     assert set(active) == expected_fixes(*facts)
 
 
+@pytest.mark.slow(seconds=8)  # fresh interpreters
 def test_config_bases_resolve_and_import_is_silent_on_this_stack():
     """``mmseg::`` bases load (onedl needs the scope fix) and nothing is printed."""
     code = ('import mmvolo.runtime\n'
@@ -292,6 +293,7 @@ def test_first_slurm_host(node_list, host):
     assert runtime.first_slurm_host(node_list) == host
 
 
+@pytest.mark.slow(seconds=8)  # fresh interpreters
 def test_mmseg_visualization_hook_warning_is_silenced():
     code = ('{imp}from mmseg.engine.hooks import SegVisualizationHook\n'
             'from mmseg.visualization import SegLocalVisualizer\n'
@@ -302,6 +304,7 @@ def test_mmseg_visualization_hook_warning_is_silenced():
     assert 'The draw is False' in run_python(code.format(imp=unfiltered)).stderr
 
 
+@pytest.mark.slow(seconds=6)  # fresh interpreters
 def test_unactionable_mmengine_log_records_are_dropped():
     code = ('{imp}from mmengine.logging import MMLogger, print_log\n'
             "MMLogger.get_instance('run', log_level='INFO')\n"

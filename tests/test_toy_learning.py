@@ -28,7 +28,7 @@ def _last_miou(text: str) -> float:
     return float(values[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_toy_training_learns_then_tests_and_paints(tmp_path):
     data = generate_toy_dataset(tmp_path / 'toy', ToySpec(num_train=160, num_val=20))
     work = tmp_path / 'work'

@@ -121,7 +121,7 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint_file(checkpoint)['state_dict']
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.parametrize('num_workers', [2, 0], ids=['workers', 'main-process'])
 def test_resume_after_sigkill_equals_uninterrupted_run(data, num_workers):
     root, data_root = data
