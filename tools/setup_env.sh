@@ -39,7 +39,11 @@ pip_install() {  # quiet pip; the full output goes to $log and is shown only on 
 }
 
 want="$stack$(cat "$root/setup.cfg" "$root/tools/setup_env.sh")$torch_spec"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmvolo" 2>/dev/null; then
+# up to date: same stamp, and the packages are still there (found, not imported: importing
+# torch would cost the README's test command 2-3 s every run)
+installed='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))'
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+   (cd / && "$py" -c "$installed" mmvolo torch mmengine mmseg 2>/dev/null); then
   echo "[mmvolo] environment up to date: $venv ($stack stack)"
   exit 0
 fi
