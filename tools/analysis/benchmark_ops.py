@@ -158,7 +158,8 @@ def make_ops(impls: List[str], channels: int, heads: int, v: torch.Tensor,
     return ops
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -175,28 +176,41 @@ def _fwdbwd(op: OpFn, v, logits, heads, grad) -> None:
 
 def time_round_robin(ops: Dict[str, OpFn], step: Callable, inputs: tuple, warmup: int,
                      repeats: int, device: torch.device) -> Dict[str, float]:
-    """Median milliseconds of ``step(op, *inputs)`` per op, ops interleaved per repeat."""
+    """Median milliseconds of ``step(op, *inputs)`` per op, ops interleaved per repeat:
+    CUDA events around the step on CUDA, wall clock elsewhere."""
     times: Dict[str, list] = {name: [] for name in ops}
     for rep in range(warmup + repeats):
         for name, op in ops.items():
-            _sync(device)
-            start = time.perf_counter()
-            step(op, *inputs)
-            _sync(device)
+            elapsed = _step_ms(step, op, inputs, device)
             if rep >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
+                times[name].append(elapsed)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _step_ms(step: Callable, op: OpFn, inputs: tuple, device: torch.device) -> float:
+    """Milliseconds of one ``step(op, *inputs)``, the device's queue empty before and after."""
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        sync(device)
+        start.record()
+        step(op, *inputs)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    step(op, *inputs)
+    return (time.perf_counter() - start_s) * 1e3
 
 
 def peak_mib(op: OpFn, inputs: tuple, device: torch.device) -> float:
     """Peak MiB allocated above the starting level during one fwd+bwd step."""
     inputs[0].grad = inputs[1].grad = None  # freeing old grads inside would lower the peak
     if device.type == 'cuda':
-        _sync(device)
+        sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         _fwdbwd(op, *inputs)
-        _sync(device)
+        sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -69,6 +69,7 @@ import torch
 from mmvolo.apis import UsageError, run_tool
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.fileio import write_text_atomic
+from mmvolo.stack import installed, provider
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -250,16 +251,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
 
 
-def _version(distribution: str, module: str | None = None) -> str:
-    from importlib import metadata
+def _version(distribution: str) -> str:
+    return installed(distribution) or 'not installed'
 
-    try:
-        return metadata.version(distribution)
-    except Exception:  # noqa: BLE001 - not installed as a distribution: ask the module
-        try:
-            return str(__import__(module or distribution).__version__)
-        except Exception:  # noqa: BLE001
-            return 'not installed'
+
+def _stack_version(module: str) -> str:
+    """'distribution version' of the installed package behind import name ``module``, on
+    either stack (e.g. 'mmcv-lite 2.1.0', 'onedl-mmsegmentation 1.4.2')."""
+    return str(provider(module) or 'not installed')
 
 
 def _git_commit() -> str:
@@ -297,12 +296,10 @@ def environment(device: torch.device, dry: bool) -> dict:
     info = dict(device=str(device), gpu='none (CPU dry run)' if dry else 'unknown',
                 cuda_runtime=torch.version.cuda or 'none', torch=torch.__version__,
                 triton=_version('triton'), timm=_version('timm'), numpy=_version('numpy'),
-                mmengine=_version('mmengine'), mmcv=_version('mmcv', 'mmcv'),
-                mmseg=_version('mmsegmentation', 'mmseg'), python=platform.python_version(),
+                mmengine=_stack_version('mmengine'), mmcv=_stack_version('mmcv'),
+                mmseg=_stack_version('mmseg'), python=platform.python_version(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 mmvolo_commit=_git_commit())
-    if info['mmcv'] == 'not installed':
-        info['mmcv'] = _version('mmcv-lite', 'mmcv')
     if device.type == 'cuda':
         info.update(gpu_facts(device))
     return info

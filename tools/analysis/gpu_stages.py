@@ -170,11 +170,6 @@ def time_limit(seconds: float, message: str,
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.01))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def release_memory(device: torch.device) -> None:
     """On CUDA: collect garbage, empty the cache (guarded: a broken context must not raise)."""
     if device.type != 'cuda':
@@ -221,32 +216,13 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
 
 
-def event_timer(ops: Dict[str, Callable], step: Callable, inputs: tuple, warmup: int,
-                repeats: int, device: torch.device) -> Dict[str, float]:
-    """Median ms of ``step(op, *inputs)`` per op: CUDA events on CUDA, interleaved as
-    ``benchmark_ops.time_round_robin`` does (which times CPU runs by wall clock)."""
-    if device.type != 'cuda':
-        return bo.time_round_robin(ops, step, inputs, warmup, repeats, device)
-    times: Dict[str, list] = {name: [] for name in ops}
-    for rep in range(warmup + repeats):
-        for name, op in ops.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step(op, *inputs)
-            end.record()
-            end.synchronize()
-            if rep >= warmup:
-                times[name].append(start.elapsed_time(end))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def copy_bandwidth_gbps(device: torch.device) -> float:
     """Device-to-device copy bandwidth, (read + write bytes) / s in GB/s, median of 10."""
     nbytes = 2 ** 30 if device.type == 'cuda' else 2 ** 24
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     one_copy = {'copy': lambda: dst.copy_(src)}
-    ms = event_timer(one_copy, lambda op: op(), (), 3, 10, device)['copy']
+    ms = bo.time_round_robin(one_copy, lambda op: op(), (), 3, 10, device)['copy']
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -470,7 +446,7 @@ def working_ops(run, candidates: Dict[str, Callable], inputs: tuple, dtype: str)
     for name, op in candidates.items():
         try:
             bo._fwdbwd(op, *inputs)  # the benchmark's own fwd+bwd step
-            sync(run.device)
+            bo.sync(run.device)
             runnable[name] = op
         except Exception as error:  # noqa: BLE001
             run.add(dtype=dtype, impl=name, error=one_line(error))
@@ -481,8 +457,8 @@ def working_ops(run, candidates: Dict[str, Callable], inputs: tuple, dtype: str)
 def measure_ops(run, runnable: dict, inputs: tuple, dtype: str, fused: str, shape: tuple,
                 warmup: int, repeats: int, bandwidth: float) -> None:
     """Time, peak memory and ratios of the runnable ops; the targets for ``fused``."""
-    fwd = event_timer(runnable, bo._fwd, inputs, warmup, repeats, run.device)
-    fwdbwd = event_timer(runnable, bo._fwdbwd, inputs, warmup, repeats, run.device)
+    fwd = bo.time_round_robin(runnable, bo._fwd, inputs, warmup, repeats, run.device)
+    fwdbwd = bo.time_round_robin(runnable, bo._fwdbwd, inputs, warmup, repeats, run.device)
     peaks = {}
     for name, op in runnable.items():
         with contextlib.suppress(Exception):
@@ -570,10 +546,11 @@ def compiled_check(run, model, x: torch.Tensor, eager: tuple, impl: str) -> None
     with torch.no_grad(), exact_fp32():
         start = time.perf_counter()
         outs = compiled(x)
-        sync(run.device)
+        bo.sync(run.device)
         first_s = time.perf_counter() - start
         errors = [rel_error(got, ref) for got, ref in zip(outs, eager)]
-        times = event_timer({'eager': model, 'compiled': compiled}, lambda op, t: op(t), (x,),
+        times = bo.time_round_robin({'eager': model, 'compiled': compiled},
+                                    lambda op, t: op(t), (x,),
                             3, 10, run.device)
     run.add(check=f"torch.compile (inductor, '{impl}' op) vs eager", max_error=max(errors),
             tol=BACKBONE_TOL, compile_s=first_s, eager_ms=times['eager'],
@@ -796,7 +773,7 @@ def memory_case(model, batch: int, size: int, device: torch.device) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         loss = step()
-        sync(device)
+        bo.sync(device)
         row = dict(step_s=time.perf_counter() - start, loss=loss)
         if device.type != 'cuda':
             return dict(row, peak_gib='n/a (CPU)', ran=True)
@@ -824,14 +801,14 @@ def profile(run) -> None:
     step = segmentor_step(model, batch, size, run.device)
     for _ in range(warmup):
         step()
-    sync(run.device)
+    bo.sync(run.device)
     activities = [ProfilerActivity.CPU]
     if run.device.type == 'cuda':
         activities.append(ProfilerActivity.CUDA)
     with profiler(activities=activities) as prof:
         for _ in range(2):
             step()
-        sync(run.device)
+        bo.sync(run.device)
     averages = prof.key_averages()
     keys = (['self_device_time_total', 'self_cuda_time_total'] if run.device.type == 'cuda'
             else ['self_cpu_time_total'])
