@@ -19,104 +19,67 @@ ROOT = Path(__file__).resolve().parents[1]
 MMCV_LITE = 'mmvolo stand-in' in (getattr(sys.modules.get('mmcv._ext'), '__doc__', '') or '')
 
 
-def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
-
-
-@pytest.mark.slow(seconds=12)  # two fresh interpreters importing mmseg
-@pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
-def test_mmcv_lite_standin_lets_mmseg_models_import():
-    if provider('mmseg').distribution == 'mmsegmentation':  # onedl's mmseg guards itself
-        without = run_python('import mmseg.models')
-        assert without.returncode != 0 and "mmcv._ext" in without.stderr
-    code = ('import mmvolo.runtime, mmseg.models\n'
-            'from mmengine.utils.dl_utils import mmcv_full_available\n'
-            'import mmcv._ext as ext\n'
-            # upstream mmengine must see the stand-in as "no full mmcv" (onedl's checks the
-            # spec alone: harmless there, its revert_sync_batchnorm imports fine)
-            f'assert not mmcv_full_available() or {provider("mmseg").distribution!r} != '
-            "'mmsegmentation'\n"
-            'try:\n'
-            '    ext.psamask_forward(None)\n'  # an op no stand-in provides
-            'except RuntimeError as e:\n'
-            '    print(e)\n')
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    assert "mmcv op 'psamask_forward' needs compiled mmcv ops" in result.stdout
-    install = 'onedl-mmcv' if provider('mmseg').distribution != 'mmsegmentation' else 'mmcv 2.1'
-    assert install in result.stdout
-
-
-IMPORT_FOOTPRINT = """
-import importlib, json, logging, sys, warnings
-import torch, mmengine.runner.checkpoint, mmengine.logging  # what the host already has
-from mmengine.logging import MMLogger
-from mmengine.runner.checkpoint import CheckpointLoader
-
-
-def footprint():
-    return dict(
-        schemes=dict(CheckpointLoader._schemes),
-        logger_init=MMLogger.__init__,
-        logger_filters=[list(logger.filters) for logger in MMLogger._instance_dict.values()],
-        root_filters=list(logging.getLogger().filters),
-        warning_filters=list(warnings.filters),
-        modules={name: module for name, module in sys.modules.items()},
-    )
-
-
-for host in sys.argv[2:]:  # host packages the plugin module imports: their own footprint
-    importlib.import_module(host)
-before = footprint()
-importlib.import_module(sys.argv[1])
-after = footprint()
-stubs = [name for name, module in sys.modules.items() if name not in before['modules']
-         and getattr(module, '__spec__', None) is not None and module.__spec__.loader is None
-         and not hasattr(module, '__path__')]
-changed = [key for key in before if key != 'modules' and before[key] != after[key]]
-replaced = [name for name, module in before['modules'].items()
-            if after['modules'].get(name) is not module]
-print(json.dumps(dict(changed=sorted(changed), stubs=sorted(stubs), replaced=sorted(replaced),
-                      dynamo='torch._dynamo' in sys.modules)))
-"""
-
-
-def import_footprint(module: str, *hosts: str) -> dict:
-    """What importing ``module`` in a fresh interpreter (after ``hosts``) changed in the host:
-    {changed: [footprint keys], stubs: [module names], replaced: [...], dynamo: bool}."""
-    result = subprocess.run([sys.executable, '-c', IMPORT_FOOTPRINT, module, *hosts], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def run_probes(side: str, *args: str) -> dict:
+    """Run one side of tests/runtime_probes.py in a fresh interpreter: {probe: {out, err,
+    error, value}}."""
+    result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'runtime_probes.py'), side,
+                             *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith('PROBES ')]
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads(lines[-1][len('PROBES '):])
 
 
 @pytest.fixture(scope='module')
-def plugin_footprint() -> dict:
-    """``import mmvolo``'s footprint; ``import mmvolo.models`` or ``mmvolo.ops`` runs the
-    package's ``__init__`` first, so this one import covers them."""
-    return import_footprint('mmvolo')
+def guest() -> dict:
+    """Probes of a host that imports ``mmvolo`` (and ``mmvolo.cls``) but not the runtime."""
+    return run_probes('guest')
 
 
-@pytest.mark.parametrize('module, hosts', [('mmvolo', ()), ('mmvolo.cls', ('mmpretrain.models',))])
-def test_importing_the_plugin_changes_nothing_in_the_host(module, hosts, request):
+@pytest.fixture(scope='module')
+def fixed() -> dict:
+    """Probes of a host that imports ``mmvolo.runtime`` first."""
+    return run_probes('runtime', str(free_port()))
+
+
+def ran(probes: dict, name: str) -> dict:
+    """One probe's record, which must have run without an exception."""
+    assert probes[name]['error'] is None, probes[name]['error']
+    return probes[name]
+
+
+@pytest.mark.slow(seconds=6)  # the two probe interpreters, shared by this file's tests
+@pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
+def test_mmcv_lite_standin_lets_mmseg_models_import(guest, fixed):
+    if provider('mmseg').distribution == 'mmsegmentation':  # onedl's mmseg guards itself
+        assert 'mmcv._ext' in (guest['mmseg_models_without_runtime']['error'] or '')
+    assert ran(fixed, 'config_bases')['value'] == 'UPerHead'  # it imported mmseg.models
+    full_available, message = ran(fixed, 'mmcv_standin')['value']
+    # upstream mmengine must see the stand-in as "no full mmcv" (onedl's checks the spec
+    # alone: harmless there, its revert_sync_batchnorm imports fine)
+    assert not full_available or provider('mmseg').distribution != 'mmsegmentation'
+    assert "mmcv op 'psamask_forward' needs compiled mmcv ops" in message
+    install = 'onedl-mmcv' if provider('mmseg').distribution != 'mmsegmentation' else 'mmcv 2.1'
+    assert install in message
+
+
+@pytest.mark.parametrize('probe', ['plugin_import', 'cls_import'])
+def test_importing_the_plugin_changes_nothing_in_the_host(guest, probe):
     """``import mmvolo`` registers modules only: mmengine's checkpoint loaders, its logger,
     warning filters and ``sys.modules`` (no stand-ins) are as before the import. (mmvolo.cls
     needs mmpretrain, imported first: onedl-mmpretrain sets warning filters of its own.)"""
-    footprint = (request.getfixturevalue('plugin_footprint') if module == 'mmvolo'
-                 else import_footprint(module, *hosts))
+    footprint = ran(guest, probe)['value']
     assert (footprint['changed'], footprint['stubs'], footprint['replaced']) == ([], [], [])
 
 
-def test_importing_the_plugin_does_not_load_dynamo(plugin_footprint):
+def test_importing_the_plugin_does_not_load_dynamo(guest):
     """Marking the dispatcher's trace-time helpers must not import torch._dynamo (0.4 s, and
     numpy.random's Cython runtime module with it) on every ``import mmvolo``; the host
     modules imported before it do not load it either."""
-    assert plugin_footprint['dynamo'] is False
+    assert ran(guest, 'plugin_import')['value']['dynamo'] is False
 
 
-def test_importing_the_runtime_is_what_applies_the_fixes():
-    footprint = import_footprint('mmvolo.runtime')
+def test_importing_the_runtime_is_what_applies_the_fixes(fixed):
+    footprint = ran(fixed, 'runtime_import')['value']
     assert {'logger_init', 'schemes', 'warning_filters'} <= set(footprint['changed'])
     if MMCV_LITE:
         assert 'mmcv._ext' in footprint['replaced'] + footprint['stubs']
@@ -134,41 +97,26 @@ def expected_fixes(stack: str, compiled_ops: bool, onedl_package: bool,
     return fixes
 
 
-def test_the_active_stack_gets_exactly_its_fixes():
-    code = ('import importlib.util, json\n'
-            'from mmvolo.stack import active_stack, installed\n'
-            'from mmvolo.runtime.mmcv_ext import has_compiled_mmcv_ops\n'
-            'ops = has_compiled_mmcv_ops()\n'
-            'import mmvolo.runtime as runtime\n'
-            'print(json.dumps([active_stack(), ops, importlib.util.find_spec("onedl") is not None,'
-            ' bool(installed("onedl-mmdetection")), sorted(runtime.ACTIVE_FIXES)]))\n')
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    *facts, active = json.loads(result.stdout.strip().splitlines()[-1])
+def test_the_active_stack_gets_exactly_its_fixes(fixed):
+    *facts, active = ran(fixed, 'stack_facts')['value']
     assert set(active) == expected_fixes(*facts)
 
 
-@pytest.mark.slow(seconds=8)  # fresh interpreters
-def test_config_bases_resolve_and_import_is_silent_on_this_stack():
-    """``mmseg::`` bases load (onedl needs the scope fix) and nothing is printed."""
-    code = ('import mmvolo.runtime\n'
-            'from mmengine.config import Config\n'
-            "cfg = Config.fromfile('configs/volo/volo-d1_upernet_8xb2-160k_ade20k-512x512.py')\n"
-            "assert cfg.model.decode_head.type == 'UPerHead'\n"
-            'import mmseg.datasets, mmseg.models\n')
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout == '' and result.stderr == ''
+def test_config_bases_resolve_and_import_is_silent_on_this_stack(fixed):
+    """``mmseg::`` bases load (onedl needs the scope fix), mmseg's datasets and models
+    import, and nothing is printed; nor by the import of the runtime itself."""
+    bases = ran(fixed, 'config_bases')
+    assert bases['value'] == 'UPerHead'
+    for probe in ('runtime_import', 'stack_facts', 'config_bases', 'mmcv_standin'):
+        assert (fixed[probe]['out'], fixed[probe]['err']) == ('', ''), probe
 
 
 @pytest.mark.skipif(provider('mmseg').distribution != 'mmsegmentation',
                     reason="onedl's stack has no pkg_resources: nothing to silence")
-def test_without_the_runtime_config_load_is_noisy():
+def test_without_the_runtime_config_load_is_noisy(guest):
     """The fix's other half: the same load, silent with the runtime in
     test_config_bases_resolve_and_import_is_silent_on_this_stack, warns without it."""
-    code = ('import mmvolo\nfrom mmengine.config import Config\n'
-            "Config.fromfile('configs/_base_/models/upernet_volo.py')\n")
-    assert 'pkg_resources is deprecated' in run_python(code).stderr
+    assert 'pkg_resources is deprecated' in ran(guest, 'config_without_runtime')['err']
 
 
 def test_mmengine_checkpoint_loading_goes_through_the_one_loader(tmp_path):
@@ -210,20 +158,11 @@ def test_adapt_cfg_to_cpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the fix applies only without CUDA')
-def test_cpu_process_group_and_clean_shutdown():
-    code = ('import torch.distributed as dist\n'
-            'from mmvolo import runtime\n'
-            "assert not runtime.init_cpu_process_group('none')\n"
-            "assert runtime.init_cpu_process_group('pytorch')\n"
-            "assert dist.get_backend() == 'gloo' and dist.get_world_size() == 1\n"
-            'runtime.shutdown_process_group()\n'
-            'assert not dist.is_initialized()\n'
-            "print('ok')\n")
-    env = dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
-               MASTER_PORT=str(free_port()))
-    result = run_python(code, env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'ok'
+def test_cpu_process_group_and_clean_shutdown(fixed):
+    """No launcher: no group; ``pytorch`` launcher: a one-process gloo group, shut down
+    cleanly."""
+    assert ran(fixed, 'cpu_process_group')['value'] == dict(
+        started=[False, True], group=['gloo', 1], initialized_after=False)
 
 
 LAUNCHER_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
@@ -293,30 +232,16 @@ def test_first_slurm_host(node_list, host):
     assert runtime.first_slurm_host(node_list) == host
 
 
-@pytest.mark.slow(seconds=8)  # fresh interpreters
-def test_mmseg_visualization_hook_warning_is_silenced():
-    code = ('{imp}from mmseg.engine.hooks import SegVisualizationHook\n'
-            'from mmseg.visualization import SegLocalVisualizer\n'
-            "SegLocalVisualizer.get_instance('v')\n"
-            'SegVisualizationHook(draw=False)\n')
-    assert run_python(code.format(imp='import mmvolo.runtime\n')).stderr == ''
-    unfiltered = 'import mmvolo.runtime, warnings; warnings.resetwarnings()\n'
-    assert 'The draw is False' in run_python(code.format(imp=unfiltered)).stderr
+def test_mmseg_visualization_hook_warning_is_silenced(fixed):
+    assert ran(fixed, 'visualization_hook')['err'] == ''
+    assert 'The draw is False' in ran(fixed, 'visualization_hook_unfiltered')['err']
 
 
-@pytest.mark.slow(seconds=6)  # fresh interpreters
-def test_unactionable_mmengine_log_records_are_dropped():
-    code = ('{imp}from mmengine.logging import MMLogger, print_log\n'
-            "MMLogger.get_instance('run', log_level='INFO')\n"
-            'from mmengine.fileio import FileClient\n'
-            "FileClient(backend='disk')\n"
-            "print_log('a warning users need', logger='current', level=30)\n")
-    quiet = run_python(code.format(imp='import mmvolo.runtime\n'))
-    assert quiet.returncode == 0, quiet.stderr
-    assert 'FileClient' not in quiet.stdout and 'HardDiskBackend' not in quiet.stdout
-    assert 'a warning users need' in quiet.stdout
-    noisy = run_python(code.format(imp=''))
-    assert '"FileClient" will be deprecated' in noisy.stdout
+def test_unactionable_mmengine_log_records_are_dropped(guest, fixed):
+    quiet = ran(fixed, 'log_records')['out']
+    assert 'FileClient' not in quiet and 'HardDiskBackend' not in quiet
+    assert 'a warning users need' in quiet
+    assert '"FileClient" will be deprecated' in ran(guest, 'log_records_without_runtime')['out']
 
 
 def test_mpi_environment_is_exported(monkeypatch):
