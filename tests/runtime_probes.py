@@ -94,6 +94,17 @@ def guest_side() -> None:
         return footprint('mmvolo')
 
     @probe
+    def plugin_host_packages():
+        """After ``import mmvolo, mmvolo.converter``: host packages loaded, and whether the
+        batched sliding-window segmentor is registered in mmengine's root registry."""
+        importlib.import_module('mmvolo.converter')
+        from mmengine.registry import MODELS
+        loaded = sorted({name.split('.')[0] for name in sys.modules
+                         if name.split('.')[0] in ('mmseg', 'mmpretrain', 'mmdet')})
+        return dict(loaded=loaded,
+                    slide_registered=MODELS.get('BatchedSlideEncoderDecoder') is not None)
+
+    @probe
     def log_records_without_runtime():
         log_deprecated_file_client()
 

@@ -1,5 +1,7 @@
 """mmvolo.runtime: one test per stack fix (each fails without it), and the guest rule:
-``import mmvolo`` changes nothing in the host, importing ``mmvolo.runtime`` applies the fixes."""
+``import mmvolo`` changes nothing in the host and imports no host package (mmseg, mmpretrain,
+mmdet), importing ``mmvolo.runtime`` applies the fixes. The probes that need a fresh host run
+in two interpreters (tests/runtime_probes.py: one without the runtime, one with it)."""
 import json
 import os
 import subprocess
@@ -76,6 +78,12 @@ def test_importing_the_plugin_does_not_load_dynamo(guest):
     numpy.random's Cython runtime module with it) on every ``import mmvolo``; the host
     modules imported before it do not load it either."""
     assert ran(guest, 'plugin_import')['value']['dynamo'] is False
+
+
+def test_import_mmvolo_registers_it_without_importing_a_host_package(guest):
+    """``import mmvolo`` (and the converter) imports neither mmseg nor mmpretrain nor mmdet,
+    yet mmseg configs find its segmentor by name."""
+    assert ran(guest, 'plugin_host_packages')['value'] == dict(loaded=[], slide_registered=True)
 
 
 def test_importing_the_runtime_is_what_applies_the_fixes(fixed):
