@@ -15,6 +15,7 @@ from tool_helpers import TOY_CONFIG, make_tiny_data, run_tool_in_process, single
 
 from mmvolo.apis import UsageError, check_arch, load_config
 from mmvolo.apis.arguments import CfgOptionsAction, cfg_option_problem
+from mmvolo.utils import ConfigError, load_config_file
 
 
 @pytest.fixture(scope='module')
@@ -42,6 +43,19 @@ def test_check_arch_names_the_bad_backbone_key(toy_cfg, key, value, message):
 
 def test_check_arch_accepts_the_toy_config(toy_cfg):
     check_arch(toy_cfg)
+
+
+def test_option_that_does_not_merge_is_one_line(tmp_path):
+    """Tools and analysis helpers read configs through one function: a well-formed option
+    that cannot merge (a dict over a string) is one line naming --cfg-options, and an
+    absent file names the path."""
+    with pytest.raises(UsageError, match=r'^bad --cfg-options: type=\{.x.: 1\} in child') as info:
+        load_config(str(TOY_CONFIG), {'model.type.x': 1})
+    assert '\n' not in str(info.value)
+    with pytest.raises(ConfigError, match=r'^bad --cfg-options: '):
+        load_config_file(TOY_CONFIG, {'model.type.x': 1})
+    with pytest.raises(ConfigError, match=f'^config {re.escape(str(tmp_path))}.*not found$'):
+        load_config_file(tmp_path / 'absent.py')
 
 
 @pytest.mark.parametrize('item, problem', [

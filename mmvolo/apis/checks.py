@@ -13,7 +13,6 @@ from mmengine.config import Config
 from ..checkpoint import (
     CheckpointError,
     UntrustedCheckpointError,
-    first_line,
     load_checkpoint_file,
 )
 from ..models.arch_zoo import resolve_arch
@@ -46,15 +45,9 @@ class UsageError(Exception):
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
     """Read a config file and merge ``--cfg-options``; unreadable input is a UsageError."""
     try:
-        cfg = load_config_file(path)
+        return load_config_file(path, cfg_options)
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    if cfg_options:
-        try:
-            cfg.merge_from_dict(cfg_options)
-        except Exception as error:  # noqa: BLE001 - any merge failure is the user's option
-            raise UsageError(f'bad --cfg-options: {first_line(error, 300)}') from None
-    return cfg
 
 
 def check_seg_config(cfg: Config, path: str, mode: str) -> None:

@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 def load_config_file(path: str | os.PathLike, cfg_options: dict | None = None) -> Config:
-    """Read a config file and merge ``cfg_options`` (a ``{dotted.key: value}`` dict).
+    """Read a config file and merge ``cfg_options`` (a ``{dotted.key: value}`` dict, what
+    the tools' ``--cfg-options`` parse to).
 
     Raises:
         ConfigError: missing file, a file mmengine cannot parse, or options that do not merge
@@ -35,7 +36,7 @@ def load_config_file(path: str | os.PathLike, cfg_options: dict | None = None) -
         try:
             cfg.merge_from_dict(cfg_options)
         except Exception as error:  # noqa: BLE001
-            raise ConfigError(f'bad config override: {first_line(error, 300)}') from None
+            raise ConfigError(f'bad --cfg-options: {first_line(error, 300)}') from None
     return cfg
 
 
