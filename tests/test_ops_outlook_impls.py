@@ -314,7 +314,7 @@ def triton_results() -> dict:
     return json.loads(lines[-1][len('RESULTS '):])
 
 
-@pytest.mark.slow(seconds=5)  # the fixture: Triton's interpreter, in a fresh interpreter
+@pytest.mark.slow(seconds=4)  # x5 cases: the fixture, Triton's interpreter in a fresh interpreter
 @pytest.mark.parametrize('case', [f'{h}x{w}s{s}h{n}' for h, w, s, n in TRITON_CASES])
 def test_triton_matches_reference_fp32(triton_results, case):
     assert max(triton_results[case]) < 1e-5, triton_results[case]

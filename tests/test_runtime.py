@@ -49,7 +49,7 @@ def ran(probes: dict, name: str) -> dict:
     return probes[name]
 
 
-@pytest.mark.slow(seconds=6)  # the two probe interpreters, shared by this file's tests
+@pytest.mark.slow(seconds=12)  # the two probe interpreters, shared by this file's tests
 @pytest.mark.skipif(not MMCV_LITE, reason='full mmcv with compiled ops is installed')
 def test_mmcv_lite_standin_lets_mmseg_models_import(guest, fixed):
     if provider('mmseg').distribution == 'mmsegmentation':  # onedl's mmseg guards itself
