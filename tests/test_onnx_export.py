@@ -1,9 +1,10 @@
 """ONNX export (``tools/deploy/export_onnx.py``): the graph onnxruntime runs is the model.
 
 Pins down:
-* the toy segmentor exported at an odd size (64x80) with a checkpoint, through the CLI in a
-  subprocess: exit 0, the tool's parity line <= 1e-4, and the file's own logits (run here in
-  onnxruntime) equal PyTorch's with the checkpoint's weights (so they were loaded), shape
+* the toy segmentor exported at an odd size (64x80) with a checkpoint, through the CLI's
+  ``__main__`` (in this process: a fresh interpreter would pay ~8 s of imports): exit 0,
+  the tool's parity line <= 1e-4, and the file's own logits (run here in onnxruntime)
+  equal PyTorch's with the checkpoint's weights (so they were loaded), shape
   (1, num_classes, 64, 80), the data_preprocessor recorded in the metadata;
 * ``--dynamic`` with the chunked impl configured for PyTorch: the file runs at batch 3 (not
   a traced size) within 1e-4 of the chunked PyTorch model; H and W stay fixed, and another
@@ -23,7 +24,7 @@ from unittest import mock
 
 import pytest
 import torch
-from tool_helpers import TOY_CONFIG, run_tool, run_tool_in_process, single_line_error
+from tool_helpers import TOY_CONFIG, run_tool_in_process, single_line_error
 
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')
@@ -71,12 +72,13 @@ def toy_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
-@pytest.mark.slow(seconds=15)
-def test_cli_export_at_odd_size_matches_pytorch(tmp_path, toy_checkpoint):
+@pytest.mark.slow(seconds=8)
+def test_cli_export_at_odd_size_matches_pytorch(tmp_path, capsys, monkeypatch, toy_checkpoint):
     checkpoint, model = toy_checkpoint
     out = tmp_path / 'toy.onnx'
-    result = run_tool(TOOL, TOY_CONFIG, checkpoint, '--out', out, '--shape', 64, 80,
-                      cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = run_tool_in_process(TOOL, TOY_CONFIG, checkpoint, '--out', out, '--shape', 64, 80,
+                                 capsys=capsys)
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if 'max abs diff' in line)
     assert float(line.split('max abs diff ')[1].split()[0]) <= TOLERANCE
