@@ -2,8 +2,9 @@
 
 Trains the toy config (64x64, 6 classes; chance mIoU is about 10) for 400 of its 800
 iterations on freshly generated data, then runs ``tools/test.py`` and ``tools/inference.py``
-on the result, as ``tools/quickstart.sh`` does. Halfway, the learning rate has not annealed
-and the rarer classes may still be merged: measured mIoU at 400 iterations (160 training
+on the result, as ``tools/quickstart.sh`` does (inference in this process: it builds no
+Runner). Halfway, the learning rate has not annealed and the rarer classes may still be
+merged: measured mIoU at 400 iterations (160 training
 images), seeds 0-4, OpenMMLab stack 80.3 / 90.6 / 69.8 / 68.6 / 57.4, onedl forks
 82.7 / 65.0 / 74.8 / 85.9 / 70.2; the bound sits well below the lowest of those.
 """
@@ -14,7 +15,7 @@ import re
 
 import cv2
 import pytest
-from tool_helpers import REPO, TOY_CONFIG, run_tool
+from tool_helpers import REPO, TOY_CONFIG, run_tool, run_tool_in_process
 
 from mmvolo.datasets.toy_generator import ToySpec, generate_toy_dataset
 
@@ -29,7 +30,7 @@ def _last_miou(text: str) -> float:
 
 
 @pytest.mark.slow(seconds=45)
-def test_toy_training_learns_then_tests_and_paints(tmp_path):
+def test_toy_training_learns_then_tests_and_paints(tmp_path, capsys):
     data = generate_toy_dataset(tmp_path / 'toy', ToySpec(num_train=160, num_val=20))
     work = tmp_path / 'work'
     roots = [f'{split}_dataloader.dataset.data_root={data}'
@@ -51,8 +52,9 @@ def test_toy_training_learns_then_tests_and_paints(tmp_path):
     assert any(abs(entry.get('mIoU', -1) - miou) < 0.01 for entry in metrics)
 
     overlays = tmp_path / 'overlays'
-    infer = run_tool('inference.py', TOY_CONFIG, checkpoint, data / 'images' / 'validation',
-                     '--out-dir', overlays, '--device', 'cpu', cwd=REPO, timeout=300)
+    infer = run_tool_in_process('inference.py', TOY_CONFIG, checkpoint,  # no Runner: no state
+                                data / 'images' / 'validation', '--out-dir', overlays,
+                                '--device', 'cpu', capsys=capsys)
     assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
     assert 'wrote 20 overlays' in infer.stdout
     painted = cv2.imread(str(next(overlays.glob('*.png'))))
