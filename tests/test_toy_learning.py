@@ -4,9 +4,9 @@ Trains the toy config (64x64, 6 classes; chance mIoU is about 10) for 400 of its
 iterations on freshly generated data, then runs ``tools/test.py`` and ``tools/inference.py``
 on the result, as ``tools/quickstart.sh`` does (inference in this process: it builds no
 Runner). Halfway, the learning rate has not annealed and the rarer classes may still be
-merged: measured mIoU at 400 iterations (160 training
-images), seeds 0-4, OpenMMLab stack 80.3 / 90.6 / 69.8 / 68.6 / 57.4, onedl forks
-82.7 / 65.0 / 74.8 / 85.9 / 70.2; the bound sits well below the lowest of those.
+merged: measured mIoU at 400 iterations (160 training images), seeds 0-4, OpenMMLab stack
+80.3 / 90.6 / 69.8 / 68.6 / 57.4, onedl forks 82.7 / 65.0 / 74.8 / 85.9 / 70.2; the bound
+sits well below the lowest of those.
 """
 from __future__ import annotations
 
