@@ -5,26 +5,15 @@
 # Runs on mmcv-lite: mmvolo.runtime backs nms and RoIAlign with torchvision (docs/detection.md).
 _base_ = [
     'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    '../_base_/models/volo-d1_fpn_backbone.py',
     '../_base_/schedules/volo_adamw_layer_decay.py',
 ]
 
 # mmvolo.runtime: the stack fixes (explicit; `import mmvolo` only registers).
 custom_imports = dict(imports=['mmvolo.runtime', 'mmvolo'], allow_failed_imports=False)
 
-checkpoint_file = 'pretrained/volo_d1_224.pth'
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='VOLO',
-        arch='d1',
-        # pos_embed keeps the checkpoint's 14x14 grid; it is resized to each batch's grid.
-        img_size=224,
-        out_indices=(0, 1, 2, 3),
-        feature_pyramid=True,
-        drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    # VOLO-D1 pyramid channels (C0, C0, C, C) at strides 4, 8, 16, 32 (VOLO.out_channels).
-    neck=dict(in_channels=[192, 192, 384, 384]))
+model = dict(backbone={{_base_.volo_d1_backbone}},
+             neck=dict(in_channels={{_base_.volo_d1_out_channels}}))
 
 optim_wrapper = {{_base_.volo_optim_wrapper}}
 
