@@ -21,4 +21,7 @@ workers="${MMVOLO_TEST_WORKERS:-$(( cores + 1 < 4 ? cores + 1 : 4 ))}"
 if [ "$workers" != 0 ]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
-exec "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile tests "$@"
+# --no-loadscope-reorder: xdist would otherwise hand out files by test count, not in the
+# conftest's costliest-first order (so the long integration tests ran last, one per core).
+exec "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --no-loadscope-reorder \
+  tests "$@"
