@@ -42,9 +42,10 @@ def pytest_collection_modifyitems(session, config, items):
     """Costliest files first: by the ``seconds`` their ``slow`` tests declare, summed (about
     that long each on a 2-core machine), each file's tests in their own order.
 
-    pytest-xdist (``--dist loadfile``) hands files to workers in collection order; collected
-    alphabetically, the costliest ones (toy learning, resume, mmseg's tools) came last and ran
-    alone on one core at the end. Started first, the short files fill in around them.
+    pytest-xdist (``--dist loadfile --no-loadscope-reorder``, as tools/run_tests.sh runs it)
+    hands files to workers in collection order; collected alphabetically (or, without that
+    flag, by test count), the costliest ones (toy learning, resume, mmseg's tools) came last
+    and ran alone on one core at the end. Started first, the short files fill in around them.
     """
     cost: dict = {}
     for item in items:
