@@ -303,6 +303,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT)
 
 
+@pytest.mark.slow(seconds=5)  # the converter CLI in a fresh interpreter
 def test_cli_success(d1_source, tmp_path):
     dst = tmp_path / 'volo_d1.safetensors'
     proc = run_cli(d1_source, dst, '--img-size', '384')
@@ -428,6 +429,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
+@pytest.mark.slow(seconds=5)  # the converter CLI in a fresh interpreter
 def test_cli_sigterm_mid_write_leaves_nothing(d1_source, tmp_path):
     """SIGTERM while the CLI is inside its write: exit 143, one line, no file left behind.
 

@@ -32,6 +32,7 @@ def test_d1_from_a_timm_file_equals_timm_blocks(tmp_path):
     assert_equals_timm_blocks(backbone, reference, 224)
 
 
+@pytest.mark.slow(seconds=2)  # x5: D4 and D5 take ~3.5 s each (random weights, forward)
 @pytest.mark.parametrize('arch', ['d1', 'd2', 'd3', 'd4', 'd5'])
 def test_every_variant_equals_timm_blocks(arch):
     """Each variant's architecture and key mapping, at 64 px, built on the meta device and
