@@ -1,8 +1,9 @@
 """Feed mmvolo's tools and library bad and hostile inputs; classify what happens to each.
 
-    python tools/misc/hostile_inputs.py --out /tmp/hostile/report.md [--only SUBSTRING]
+    python dev/hostile_inputs.py [--scratch DIR] [--out REPORT.md] [--only SUBSTRING] [--fresh]
 
-Everything is written under /tmp/hostile (fixtures, one folder per case, logs, the report).
+A development harness (not a user tool). Everything is written under the scratch folder
+(default ``$TMPDIR/mmvolo-hostile``: fixtures, one folder per case, logs, the report).
 Each case runs one subprocess (a tool in tools/ or a short ``python -c`` snippet calling
 library code), sequentially, with ``OMP_NUM_THREADS=1`` and a 120 s timeout. Outcomes:
 
@@ -32,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zlib
@@ -40,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
 TOY_CONFIG = REPO / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'
-ROOT = Path('/tmp/hostile')
+#: The scratch folder (``--scratch``); set once in :func:`main` before any case runs.
+ROOT = Path(tempfile.gettempdir()) / 'mmvolo-hostile'
 PYTHON = sys.executable
 TIMEOUT_S = 120
 NOBODY = ('setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--')
@@ -1054,11 +1057,16 @@ def write_report(results: list[Result], out: Path) -> str:
 
 
 def main() -> None:
+    global ROOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', type=Path, default=ROOT / 'report.md')
+    parser.add_argument('--scratch', type=Path, default=ROOT,
+                        help='folder for fixtures, cases and logs (default: %(default)s)')
+    parser.add_argument('--out', type=Path, help='the report (default: SCRATCH/report.md)')
     parser.add_argument('--only', help='run the cases whose name contains this')
     parser.add_argument('--fresh', action='store_true', help='rebuild the fixtures')
     args = parser.parse_args()
+    ROOT = args.scratch.resolve()
+    args.out = args.out or ROOT / 'report.md'
     os.environ['OMP_NUM_THREADS'] = '1'
     ROOT.mkdir(parents=True, exist_ok=True)
     fixtures = prepare(args.fresh)

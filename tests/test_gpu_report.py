@@ -1,4 +1,4 @@
-"""tools/analysis/gpu_report.py, the one prepared GPU run, checked on CPU through --dry-run.
+"""The one prepared GPU run (`mmvolo.analysis.gpu_report`), checked on CPU through --dry-run.
 
 What this pins down, so the first run on a real GPU cannot fail on a typo:
 
@@ -18,14 +18,12 @@ What this pins down, so the first run on a real GPU cannot fail on a typo:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 import time
 
 import pytest
 import torch
-from tool_helpers import TOOLS, run_tool_in_process, single_line_error
+from tool_helpers import run_tool_in_process, single_line_error
 
 from mmvolo.apis import UsageError
 
@@ -34,15 +32,8 @@ ALL_STAGES = ['kernels', 'ops', 'backbone', 'training', 'throughput', 'memory', 
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('gpu_report',
-                                                  TOOLS / 'analysis' / 'gpu_report.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['gpu_report'] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop('gpu_report', None)
+    from mmvolo.analysis import gpu_report
+    return gpu_report
 
 
 def _report(out) -> dict:

@@ -23,7 +23,6 @@ What this pins down:
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -337,11 +336,8 @@ def test_registered_and_built_from_config(name):
 # ------------------------------------------------------------------------------------------
 
 def _benchmark_module():
-    path = REPO / 'tools' / 'analysis' / 'benchmark_mixers.py'
-    spec = importlib.util.spec_from_file_location('benchmark_mixers', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from mmvolo.analysis import benchmark_mixers
+    return benchmark_mixers
 
 
 def test_benchmark_runs_on_a_tiny_size(tmp_path, capsys):

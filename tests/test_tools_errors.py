@@ -14,7 +14,6 @@ import pytest
 import torch
 from tool_helpers import (
     REPO,
-    TOOLS,
     TOY_CONFIG,
     make_tiny_data,
     run_tool_in_process,
@@ -388,12 +387,9 @@ def test_benchmark_model_profile_times_every_part():
 
 
 def _load_tool(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(name, TOOLS / 'analysis' / f'{name}.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return importlib.import_module(f'mmvolo.analysis.{name}')
 
 
 def _gone(pid: int) -> bool:
@@ -461,7 +457,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
-# ---------------------------------------------- found by tools/misc/hostile_inputs.py
+# ---------------------------------------------- found by dev/hostile_inputs.py
 @pytest.mark.parametrize('flag', ['--work-dir', '--out'])
 def test_a_file_where_a_folder_goes(files, toy_checkpoint, tmp_path, capsys, flag):
     afile = tmp_path / 'afile'

@@ -41,30 +41,19 @@ line ``error: ...`` and exit with status 2 before anything runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
 from torch import nn
 
-from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.models import DWConvMixer, Involution, LocalSelfAttention, OutlookAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
 
+from . import benchmark_ops as _ops_bench
 
-def _load_benchmark_ops():
-    """``benchmark_ops.py`` next to this file (a script folder, not a package)."""
-    path = Path(__file__).resolve().with_name('benchmark_ops.py')
-    spec = importlib.util.spec_from_file_location('mmvolo_benchmark_ops', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_ops_bench = _load_benchmark_ops()
 time_round_robin = _ops_bench.time_round_robin
 peak_mib = _ops_bench.peak_mib
 check_device, check_counts = _ops_bench.check_device, _ops_bench.check_counts
@@ -356,6 +345,3 @@ def main(argv: List[str] | None = None) -> None:
     print(format_tables(records))
     write_json_report(records, args.json)
 
-
-if __name__ == '__main__':
-    run_tool(main)

@@ -210,7 +210,8 @@ def profile_step(model, step, sync, top: int) -> dict:
 
 
 def run_in_subprocess(argv: list[str], name: str, mode: str) -> dict:
-    command = [sys.executable, __file__, *argv, '--case', f'{name}:{mode}']
+    command = [sys.executable, '-m', 'mmvolo.analysis.benchmark_model', *argv,
+               '--case', f'{name}:{mode}']
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-1:] or ['(no output)']

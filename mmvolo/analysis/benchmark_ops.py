@@ -56,7 +56,7 @@ from typing import Callable, Dict, Iterator, List
 import torch
 from torch import nn
 
-from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook_attention import select_impl
@@ -390,6 +390,3 @@ def main(argv: List[str] | None = None) -> None:
     print(format_table(records))
     write_json_report(records, args.json)
 
-
-if __name__ == '__main__':
-    run_tool(main)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from mmvolo.apis import UsageError, load_config, run_tool
+from mmvolo.apis import UsageError, load_config
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,6 +190,3 @@ def main(argv: List[str] | None = None) -> None:
     print(format_table(records))
     write_json_report(records, args.json)
 
-
-if __name__ == '__main__':
-    run_tool(main)

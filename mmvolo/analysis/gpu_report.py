@@ -66,17 +66,14 @@ from typing import Any, Callable, Iterable, Iterator, List
 
 import torch
 
-from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.fileio import write_text_atomic
 from mmvolo.stack import installed, provider
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # the sibling tools: gpu_stages, benchmark_ops, benchmark_model
-import gpu_stages  # noqa: E402
+from . import gpu_stages
 
-ROOT = HERE.parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: A stage still running this long after its budget is interrupted: max(30 s, budget / 2).
 HARD_LIMIT_EXTRA_S = 30.0
 #: Rewrite the report during a stage at most this often (each write fsyncs two files).
@@ -513,6 +510,3 @@ def main(argv: List[str] | None = None) -> None:
                          exit_code=1)
     print(f"[gpu_report] done: {out / 'report.md'}", flush=True)
 
-
-if __name__ == '__main__':
-    run_tool(main)

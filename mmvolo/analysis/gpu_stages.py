@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 from unittest import mock
 
-import benchmark_model as bm
-import benchmark_ops as bo
 import torch
 
 from mmvolo.checkpoint import first_line
@@ -57,6 +55,9 @@ from mmvolo.converter import quiet_mmengine_info
 from mmvolo.ops import available_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook_attention import IMPL_ENV_VAR, output_grid, select_impl
 from mmvolo.utils import free_port
+
+from . import benchmark_model as bm
+from . import benchmark_ops as bo
 
 ROOT = Path(__file__).resolve().parents[2]
 K, P = bo.KERNEL, bo.PADDING

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmvolo.apis import UsageError, run_tool
+from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +116,3 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         write_json_report(rows, args.json)
 
-
-if __name__ == '__main__':
-    run_tool(main)

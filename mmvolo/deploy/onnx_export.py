@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 import mmvolo  # noqa: F401 - registers VOLO and its modules
 from mmvolo import runtime  # noqa: F401 - the stack fixes, before mmseg loads
-from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config, run_tool
+from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config
 from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
 from mmvolo.checkpoint import first_line
@@ -63,7 +63,7 @@ INPUT_NAME, OUTPUT_NAME = 'images', 'seg_logits'
 PARITY_BATCHES = {False: (1,), True: (1, 2)}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ToolArgumentParser(description='Export a segmentor to ONNX; check it in '
                                 'onnxruntime')
     parser.add_argument('config', help='model config file')
@@ -84,7 +84,7 @@ def parse_args() -> argparse.Namespace:
                         help='unpickle CHECKPOINT with full trust (runs code inside it; only '
                         'for files you trust)')
     add_cfg_options(parser)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------- checks
@@ -318,8 +318,8 @@ def median_ms(fn, repeats: int) -> float:
 
 
 # ------------------------------------------------------------------------------- main
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     check_numbers(args)
     inputs = [args.config] + ([args.checkpoint] if args.checkpoint else [])
     check_out(args.out, inputs)
@@ -387,6 +387,3 @@ def main() -> None:
         print(f'latency at {shape_text(parity_inputs[0])}, median of {args.benchmark} runs, '
               f'{threads} threads: PyTorch {torch_ms:.1f} ms, onnxruntime (CPU) {ort_ms:.1f} ms')
 
-
-if __name__ == '__main__':
-    run_tool(main)

@@ -7,7 +7,7 @@ does not reach a model configured with, say, ``outlook_impl='chunked'``.
 :func:`forced_outlook_impl` sets both for the block - the ``impl`` of every OutlookAttention
 module in the model and the env var (for functional calls) - and restores them afterwards.
 
-Its use: ONNX export (``tools/deploy/export_onnx.py``) forces ``'reference'``, whose
+Its use: ONNX export (:mod:`mmvolo.deploy.onnx_export`) forces ``'reference'``, whose
 unfold -> matmul -> fold the exporter decomposes into standard ONNX ops, instead of the fast
 impls, which are ``torch.library.custom_op`` nodes ONNX knows nothing about.
 """
