@@ -4,6 +4,8 @@ Every checkpoint mmvolo reads (converter sources, ``init_cfg=dict(type='Pretrain
 ``load_from``, ``--resume``, test and inference checkpoints) goes through
 :func:`load_checkpoint_file`:
 
+- an ``http(s)://`` URL is first downloaded once into torch.hub's cache
+  (:mod:`mmvolo.download`), then read as the local file below, under the same rules;
 - ``.safetensors`` files through safetensors (no code can run);
 - everything else through ``torch.load(weights_only=True)``, with exactly the extra classes
   that mmengine's Runner writes into its own checkpoints allowed (:data:`RUNNER_SAFE_GLOBALS`:
@@ -60,16 +62,20 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu',
 
     Args:
         path: a ``.pth``/``.pth.tar``/``.bin`` file (torch.save, zip or legacy format) or a
-            ``.safetensors`` file.
+            ``.safetensors`` file, or an ``http(s)://`` URL of one (downloaded once into
+            ``<torch.hub.get_dir()>/checkpoints/``, see :mod:`mmvolo.download`).
         map_location: as for ``torch.load``.
         trust: unpickle with full trust (the file's code runs); warns naming the file.
 
     Raises:
-        CheckpointError: missing file, not a checkpoint, truncated or corrupt (one line).
+        CheckpointError: missing file, not a checkpoint, truncated or corrupt (one line);
+            :class:`mmvolo.download.DownloadError` for a URL that cannot be fetched.
         UntrustedCheckpointError: the file needs code beyond tensors and mmengine's training
             state, and ``trust`` is False.
     """
-    path = os.fspath(path)
+    from .download import resolve_checkpoint_path  # it imports this module
+
+    path = resolve_checkpoint_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     if path.endswith('.safetensors'):

@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 
 from .checkpoint import CheckpointError
+from .download import is_url, resolve_checkpoint_path
 from .fileio import atomic_path
 from .models.arch_zoo import ARCH_ZOO
 from .models.embed import POS_EMBED_STRIDE
@@ -198,7 +199,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
 
     Args:
         src: official/timm/mmvolo checkpoint (.pth, .pth.tar, .bin, .safetensors; flat or
-            wrapped in state_dict/state_dict_ema/model, ``module.``-prefixed).
+            wrapped in state_dict/state_dict_ema/model, ``module.``-prefixed), or its
+            ``http(s)://`` URL (downloaded once into torch.hub's cache, see
+            :mod:`mmvolo.download`).
         dst: output file; .safetensors when it ends so or ``safetensors=True``.
         keep_head: keep the classification head, in the mmpretrain classifier layout.
         img_size: target resolution (int or (H, W)); ``pos_embed`` is resized to
@@ -216,11 +219,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_head
     Raises:
         ImageSizeError: unusable ``img_size``; OutputPathError: ``dst`` is ``src`` or a folder.
         CheckpointError: unusable input (one-line message; NoEmaWeightsError for ``ema``
-            without EMA weights). Nothing is written then.
+            without EMA weights; DownloadError for a URL that cannot be fetched). Nothing is
+            written then.
         OSError: the write failed (disk full, ...); ``dst`` is left as it was.
     """
     grid = target_grid(img_size)
     check_output_path(src, dst)
+    if is_url(src):  # downloaded once into torch.hub's cache; dst may not be that file
+        check_output_path(resolve_checkpoint_path(src), dst)
     state_dict, notes = read_volo_state_dict(src, ema=ema, trust=trust)
     arch, src_size = detect_variant(state_dict)
     converted, report = convert_state_dict(state_dict, keep_head=keep_head,

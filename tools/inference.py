@@ -46,7 +46,8 @@ MIN_SIZE_FOR_LABELS = 128
 def parse_args() -> argparse.Namespace:
     parser = ToolArgumentParser(description='Segment images and save colour overlays')
     parser.add_argument('config', help='model config file')
-    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('checkpoint', help='trained checkpoint: a file or an http(s):// URL '
+                        '(downloaded once into the torch hub cache)')
     parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
     parser.add_argument('--out-dir', required=True,
                         help='where the overlays go (not a folder holding input images)')

@@ -35,7 +35,8 @@ from mmvolo.apis.launch import require_folder
 def parse_args() -> argparse.Namespace:
     parser = ToolArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or http(s):// URL (downloaded '
+                        'once into the torch hub cache)')
     parser.add_argument('--work-dir', help='where the metrics (json) and logs go')
     parser.add_argument('--out', help='directory to save the predictions (label PNGs)')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')

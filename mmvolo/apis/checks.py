@@ -15,6 +15,7 @@ from ..checkpoint import (
     UntrustedCheckpointError,
     load_checkpoint_file,
 )
+from ..download import is_url
 from ..models.arch_zoo import resolve_arch
 from ..models.volo import VOLO_ARG_CHECKS, validate_volo_arg
 from ..models.weights import describe_state_dict, extract_state_dict, is_volo_state_dict
@@ -166,11 +167,14 @@ def check_checkpoint(path: str, cfg: Config, trust: bool = False) -> None:
     The file is read by :func:`mmvolo.checkpoint.load_checkpoint_file` (no pickled code runs
     unless ``trust``).
 
+    ``path`` may be an ``http(s)://`` URL: it is downloaded once into torch.hub's cache
+    (:mod:`mmvolo.download`) and checked the same way.
+
     Raises:
-        UsageError: exit code 2 if the file is missing, 1 if it holds something else (the
-            message says what it looks like).
+        UsageError: exit code 2 if the file is missing, 1 if it holds something else or the
+            URL cannot be fetched (the message says what it looks like).
     """
-    if not os.path.isfile(path):
+    if not is_url(path) and not os.path.isfile(path):
         raise UsageError(f'checkpoint {path} not found')
     checkpoint = read_checkpoint_for_tool(path, trust)
     state_dict = model_state_dict(checkpoint)

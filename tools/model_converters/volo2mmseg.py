@@ -3,6 +3,11 @@
     python tools/model_converters/volo2mmseg.py SRC DST [--keep-head] [--img-size H [W]]
         [--ema] [--safetensors] [--trust] [--verify]
 
+SRC may be an ``http(s)://`` URL, e.g. an official release file
+(``https://github.com/sail-sg/volo/releases/download/volo_1/d1_224_84.2.pth.tar``): it is
+downloaded once into ``<torch.hub.get_dir()>/checkpoints/`` and read from there (offline, a
+file put there by hand is used).
+
 Default output: backbone weights with official names (classification head dropped) for
 ``VOLO(init_cfg=dict(type='Pretrained', checkpoint=DST))`` in mmseg configs. ``--keep-head``
 writes the mmpretrain classifier layout (``backbone.*``, ``head.*``) for the configs in
@@ -39,7 +44,8 @@ from mmvolo.models.weights import NoEmaWeightsError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ToolArgumentParser(
         description='Convert official/timm VOLO weights to a tensor-only mmvolo checkpoint.')
-    parser.add_argument('src', help='VOLO checkpoint: .pth, .pth.tar, .bin or .safetensors')
+    parser.add_argument('src', help='VOLO checkpoint: .pth, .pth.tar, .bin or .safetensors, or '
+                        'its http(s):// URL (downloaded once into the torch hub cache)')
     parser.add_argument('dst', help='output file (.safetensors output when it ends so)')
     parser.add_argument('--keep-head', action='store_true',
                         help='keep the classification head (mmpretrain classifier layout)')
