@@ -2,8 +2,8 @@
 the dispatcher that picks among them.
 
 Ladder of trust:
-1. ``loop_outlook`` below is a literal transcription of VOLO Eq. 3-5 (loops over output-grid
-   cells, heads and window offsets; scalar-ish torch ops; tiny inputs only).
+1. ``literal_outlook_attention`` (tests/literal_outlook.py) is a literal transcription of
+   VOLO Eq. 3-5 (loops over output-grid cells, heads and window offsets; scalar-ish torch ops; tiny inputs only).
 2. The reference impl equals it (values and gradients) and passes ``gradcheck`` in float64.
 3. Every other impl equals the reference: fp32 values and grads within 1e-5, fp16/bf16 within
    the tolerances in ``LOW_PRECISION_TOL`` (measured against the fp32 reference evaluated on

@@ -25,7 +25,7 @@ ops
     N_l = B*h*w*heads*K^4): forward e*(2*N_v + N_l) (read v and logits, write out);
     fwd+bwd e*(5*N_v + 3*N_l) (backward reads grad_out, v, logits and writes both grads).
     The fraction of HBM bandwidth divides bytes/time by a device-to-device copy measured in
-    the same run (2 * bytes / time; the H200 constant below only if that fails).
+    the same run (2 * bytes / time; the nominal H200 figure only if that fails).
 backbone / training / throughput / memory / profile: see each function.
 """
 from __future__ import annotations
@@ -81,9 +81,9 @@ FP32_TOL = 1e-5
 
 # ops
 SPEEDUP_TARGET, MEMORY_TARGET = 3.0, 0.4  # fwd+bwd vs timm: >= 3x faster, <= 0.4x peak
-#: H200 device-to-device copy bandwidth measured on that machine (read + write bytes / s,
-#: December 2026, vs 4.8 TB/s nominal); used only when this run's own measurement fails.
-H200_COPY_GBPS = 4300.0
+#: H200 HBM bandwidth, nominal (read + write bytes / s); used only when this run's own
+#: device-to-device copy measurement fails, and the report then says so.
+H200_COPY_GBPS = 4800.0
 
 # backbone
 BACKBONE_INPUT = (1, 3, 97, 129)
@@ -94,7 +94,7 @@ DRY_ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 
 
 # training
 TOY_CONFIG = ROOT / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'
-#: 6 classes, chance mIoU ~10; tests/test_toy_learning.py measured 57-90 after 400 iterations.
+#: 6 classes, chance mIoU ~10: a run that learns is far above it (docs/performance.md).
 MIN_MIOU = 40.0
 
 # memory
@@ -414,7 +414,7 @@ def ops(run) -> None:
     try:
         bandwidth, source = copy_bandwidth_gbps(run.device), 'measured in this run'
     except Exception as error:  # noqa: BLE001
-        bandwidth, source = H200_COPY_GBPS, f'H200 constant (measuring failed: {one_line(error)})'
+        bandwidth, source = H200_COPY_GBPS, f'H200 nominal (measuring failed: {one_line(error)})'
     run.values['copy bandwidth GB/s'] = round(bandwidth, 1)
     run.note(f'device-to-device copy bandwidth {bandwidth:.0f} GB/s ({source}); shape '
              f'{batch}x{tokens}x{tokens}x{channels}, {heads} heads, K{K} S{bo.STRIDE}; '

@@ -19,8 +19,8 @@ calling thread's ``torch.get_num_threads()`` ($MMVOLO_OUTLOOK_WORKERS overrides 
 everything in the calling thread, as do small inputs, see ``MIN_POOL_ELEMS``). Every
 multi-threaded torch op is an OpenMP parallel region whose threads wait for each other at
 its end; when other processes load the cores one of them is often descheduled and the op
-waits for it to run again (up to ~16 ms per op measured, whatever the op's size; see
-docs/performance.md), and this formulation issues tens of ops per call. Single-threaded ops
+waits for it to run again, and this formulation issues tens of ops per call (measurements:
+docs/performance.md, "CPU under load"). Single-threaded ops
 never wait for another thread, and the pool synchronises only once per phase (padding, then
 the chunks' phases), handing chunks out as workers come free, so a descheduled worker
 delays its own chunk only. Chunks whose overlap-adds touch common output rows run in

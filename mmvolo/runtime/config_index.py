@@ -1,12 +1,11 @@
 """mmengine re-reads a package's whole model index for every ``pkg::`` config base.
 
 Resolving ``'mmseg::_base_/models/upernet_swin.py'``, mmengine's
-``config.utils._get_cfg_metainfo`` first parses mmseg's ``.mim/model-index.yml`` and every
-metafile it imports (53 YAML files for mmsegmentation 1.2, 0.4-0.7 s on a 2-core CPU) to
-look the name up as a model config; a base is not one, so the lookup fails and mmengine
-falls back to the plain path. mmvolo's configs have four ``mmseg::`` bases, so every config
-load (each tool start, each test) parsed 212 YAML files, ~2 s (0.1 s with the index read once
-per process, 0.5 s for the first load).
+``config.utils._get_cfg_metainfo`` first parses the package's ``.mim/model-index.yml`` and
+every metafile it imports to look the name up as a model config; a base is not one, so the
+lookup fails and mmengine falls back to the plain path. :func:`cache_model_index` reads each
+package's index once per process and answers the same lookups from it (what it costs
+otherwise: docs/performance.md, "Config loading").
 """
 from __future__ import annotations
 
