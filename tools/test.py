@@ -20,6 +20,7 @@ from mmvolo.apis import (
     apply_work_dir,
     check_arch,
     check_checkpoint,
+    check_data_files,
     check_data_roots,
     check_seg_config,
     is_main_process,
@@ -30,6 +31,7 @@ from mmvolo.apis import (
 )
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.apis.launch import require_folder
+from mmvolo.datasets.loader_settings import fit_persistent_workers
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,6 +58,8 @@ def main() -> None:
     check_seg_config(cfg, args.config, 'test')
     check_arch(cfg)
     check_data_roots(cfg, ['test_dataloader'])
+    check_data_files(cfg, ['test_dataloader'], args.config)
+    fit_persistent_workers(cfg, ['test_dataloader'])
     check_checkpoint(args.checkpoint, cfg, trust=args.trust)
     if args.trust:
         runtime.trust_checkpoint(args.checkpoint)

@@ -22,6 +22,7 @@ from mmvolo.apis import (
     UsageError,
     apply_work_dir,
     check_arch,
+    check_data_files,
     check_data_roots,
     check_load_from,
     check_seg_config,
@@ -35,6 +36,8 @@ from mmvolo.apis import (
     run_tool,
 )
 from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.datasets.loader_settings import fit_persistent_workers, train_batch_size
+from mmvolo.models.single_value_bn import guard_single_value_batchnorm
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,6 +62,8 @@ def main() -> None:
     check_arch(cfg)
     loaders = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])
     check_data_roots(cfg, loaders)
+    check_data_files(cfg, loaders, args.config)
+    fit_persistent_workers(cfg, loaders)
     cfg.launcher = args.launcher
     apply_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
@@ -75,6 +80,7 @@ def main() -> None:
     if notice and is_main_process():
         print(notice, flush=True)
     runner = build_runner(cfg)
+    guard_batch_of_one(runner, cfg)
     runner.train()
     del runner  # free the DDP model before its process group goes
     runtime.shutdown_process_group()
@@ -99,6 +105,18 @@ def apply_resume(cfg: Config, resume: str | None, trust: bool) -> None:
     randomness = cfg.setdefault('randomness', {})
     if randomness.get('seed') is None and meta.get('seed') is not None:
         randomness['seed'] = meta['seed']
+
+
+def guard_batch_of_one(runner: Runner, cfg: Config) -> None:
+    """One image per process: BatchNorm layers fed one value per channel (UPerHead's
+    1x1-pooled branch) normalise with their running statistics instead of raising
+    (:mod:`mmvolo.models.single_value_bn`; batch >= 2 is left as it is)."""
+    if train_batch_size(cfg) != 1 or not guard_single_value_batchnorm(runner.model):
+        return
+    if is_main_process():
+        print('[mmvolo] batch 1 per process: BatchNorm layers that see one value per channel '
+              "(the decode head's 1x1-pooled branch) use their running statistics "
+              '(docs/datasets.md)', flush=True)
 
 
 def build_runner(cfg: Config) -> Runner:

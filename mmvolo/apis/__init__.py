@@ -11,6 +11,7 @@ from .checks import (
     UsageError,
     check_arch,
     check_checkpoint,
+    check_data_files,
     check_data_roots,
     check_seg_config,
     load_config,
@@ -27,7 +28,8 @@ from .launch import (
 from .load_from import check_load_from
 from .resume import checkpoint_meta, resolve_resume
 
-__all__ = ['UsageError', 'apply_work_dir', 'check_arch', 'check_checkpoint', 'check_data_roots',
+__all__ = ['UsageError', 'apply_work_dir', 'check_arch', 'check_checkpoint', 'check_data_files',
+           'check_data_roots',
            'check_load_from', 'check_seg_config', 'checkpoint_meta', 'enable_amp',
            'is_main_process', 'load_config', 'parse_tool_args', 'prepare_device',
            'resolve_resume', 'run_tool', 'set_local_rank']

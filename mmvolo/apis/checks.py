@@ -31,6 +31,8 @@ REQUIRED_KEYS = {
 DATA_HINTS = {
     'ADE20KDataset': 'download ADE20K there',
     'ToyShapesDataset': 'generate it with `python tools/make_toy_dataset.py {root}`',
+    'CityscapesDataset': 'unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip '
+                         'there (docs/datasets.md)',
 }
 EXAMPLE_CONFIG = 'configs/volo/volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 
@@ -123,6 +125,23 @@ def check_data_roots(cfg: Config, dataloaders: Sequence[str]) -> None:
             continue
         for where, dataset in _datasets(loader['dataset'], f'{key}.dataset'):
             _check_one_root(dataset, where)
+
+
+def check_data_files(cfg: Config, dataloaders: Sequence[str], config_path: str) -> None:
+    """Dataloader settings and the data files themselves, before any model is built
+    (:mod:`mmvolo.datasets.loader_settings`, :mod:`mmvolo.datasets.preflight`: every file's
+    presence and pairing, a sample of label maps read); the first problem as one line."""
+    from ..datasets.loader_settings import dataloader_problems
+    from ..datasets.preflight import check_datasets
+
+    problems = dataloader_problems(cfg, dataloaders)
+    if problems:
+        raise UsageError(problems[0])
+    findings = [line for report in check_datasets(cfg, dataloaders) for line in report.findings]
+    if findings:
+        more = f' ({len(findings) - 1} more problem(s))' if len(findings) > 1 else ''
+        raise UsageError(f'{findings[0]}{more}; full report: python tools/misc/check_dataset.py '
+                         f'{config_path}')
 
 
 def _check_one_root(dataset: dict, where: str) -> None:

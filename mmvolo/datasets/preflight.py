@@ -65,12 +65,15 @@ class SplitReport:
 
 
 def check_datasets(cfg: Any, dataloaders: Sequence[str],
-                   sample: int | None = PREFLIGHT_SAMPLE) -> list[SplitReport]:
+                   sample: int | None = PREFLIGHT_SAMPLE,
+                   decode_images: bool = False) -> list[SplitReport]:
     """Check the datasets of ``cfg[key].dataset`` for each key in ``dataloaders``.
 
     Args:
         cfg: an mmengine Config (``custom_imports`` are imported, for custom datasets).
         sample: label maps read per split; None reads all of them.
+        decode_images: decode the images of the pairs read (OpenCV, as mmcv's
+            LoadImageFromFile) instead of reading their size from the header.
 
     Returns:
         One report per distinct leaf dataset config (wrappers and concatenations unwrapped;
@@ -89,7 +92,7 @@ def check_datasets(cfg: Any, dataloaders: Sequence[str],
             if identity in seen:
                 seen[identity].also.append(where)
                 continue
-            seen[identity] = check_split(where, dataset, model, sample)
+            seen[identity] = check_split(where, dataset, model, sample, decode_images)
             reports.append(seen[identity])
     return reports
 
@@ -107,7 +110,8 @@ def leaf_datasets(dataset: dict, where: str) -> Iterator[tuple[str, dict]]:
 
 
 def check_split(where: str, dataset_cfg: dict, model_cfg: dict,
-                sample: int | None = PREFLIGHT_SAMPLE) -> SplitReport:
+                sample: int | None = PREFLIGHT_SAMPLE,
+                decode_images: bool = False) -> SplitReport:
     """Check one leaf dataset config (see the module docstring)."""
     start = time.perf_counter()
     report = SplitReport(where=where, dataset_type=_type_name(dataset_cfg.get('type')))
@@ -124,7 +128,8 @@ def check_split(where: str, dataset_cfg: dict, model_cfg: dict,
         report.findings.append(_no_images(report))
     else:
         pairs = [(info['img_path'], info.get('seg_map_path')) for info in data_list]
-        _check_files(report, pairs, getattr(dataset, 'label_map', None), sample)
+        _check_files(report, pairs, getattr(dataset, 'label_map', None), sample,
+                     decode_images)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -170,37 +175,33 @@ def _check_pipeline(report: SplitReport, dataset_cfg: dict) -> None:
 
 
 def _check_files(report: SplitReport, pairs: list[tuple[str, str | None]],
-                 label_map: dict | None, sample: int | None) -> None:
+                 label_map: dict | None, sample: int | None, decode_images: bool) -> None:
     report.images = len(pairs)
-    missing_images = [img for img, _ in pairs if not osp.isfile(img)]
-    unpaired = [(img, seg) for img, seg in pairs if seg is not None and not osp.isfile(seg)]
-    present = [(img, seg) for img, seg in pairs
-               if osp.isfile(img) and (seg is None or osp.isfile(seg))]
+    has_image = [osp.isfile(img) for img, _ in pairs]
+    has_label = [seg is None or osp.isfile(seg) for _, seg in pairs]
+    missing_images = [img for (img, _), ok in zip(pairs, has_image) if not ok]
+    unpaired = [pair for pair, ok in zip(pairs, has_label) if not ok]
+    present = [pair for pair, ok_img, ok_seg in zip(pairs, has_image, has_label)
+               if ok_img and ok_seg]
     report.paired = sum(seg is not None for _, seg in present)
+    existing = [img for (img, _), ok in zip(pairs, has_image) if ok]
+    existing += [seg for _, seg in present if seg is not None]
+    report.files_checked = len(existing)
+    bad = [(path, why) for path in existing if (why := image_file_problem(path))]
+    if bad:
+        report.findings.append(
+            f'{len(bad)} of {report.files_checked} files are not readable images, e.g. '
+            f'{bad[0][0]} ({bad[0][1]}): remove or replace them (in {osp.dirname(bad[0][0])})')
     if missing_images:
         report.findings.append(
             f'{len(missing_images)} of {len(pairs)} images listed for {report.where} are '
             f'missing, e.g. {missing_images[0]}: restore them or fix ann_file / data_prefix')
     if unpaired:
         report.findings.append(_unpaired(report, unpaired))
-    bad = [(path, why) for path in _files_of(present) if (why := image_file_problem(path))]
-    report.files_checked = sum(1 + (seg is not None) for _, seg in present)
-    if bad:
-        folder = osp.dirname(bad[0][0])
-        report.findings.append(
-            f'{len(bad)} of {report.files_checked} files are not readable images, e.g. '
-            f'{bad[0][0]} ({bad[0][1]}): remove or replace them (in {folder})')
     bad_paths = {path for path, _ in bad}
     readable = [(img, seg) for img, seg in present
                 if seg is not None and img not in bad_paths and seg not in bad_paths]
-    _check_label_maps(report, _sample(readable, sample), label_map)
-
-
-def _files_of(pairs: Iterable[tuple[str, str | None]]) -> Iterator[str]:
-    for img, seg in pairs:
-        yield img
-        if seg is not None:
-            yield seg
+    _check_label_maps(report, _sample(readable, sample), label_map, decode_images)
 
 
 def _unpaired(report: SplitReport, unpaired: list[tuple[str, str]]) -> str:
@@ -263,13 +264,13 @@ def _sample(pairs: list, count: int | None) -> list:
 
 
 def _check_label_maps(report: SplitReport, pairs: list[tuple[str, str]],
-                      label_map: dict | None) -> None:
+                      label_map: dict | None, decode_images: bool = False) -> None:
     mismatched: list[str] = []
     undecodable: list[str] = []
     out_of_range: dict[str, set[int]] = {}
     for img, seg in pairs:
         try:
-            image_size = read_image_size(img)
+            image_size = decode_image_size(img) if decode_images else read_image_size(img)
             label = read_label_map(seg)
         except Exception as error:  # a damaged file past its header
             undecodable.append(f'{seg} or {img} ({type(error).__name__}: {error})')
@@ -308,6 +309,16 @@ def read_image_size(path: str) -> tuple[int, int]:
 
     with Image.open(path) as image:
         return image.size
+
+
+def decode_image_size(path: str) -> tuple[int, int]:
+    """(width, height) of the decoded image (OpenCV, as mmcv's LoadImageFromFile)."""
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError('OpenCV cannot decode it')
+    return image.shape[1], image.shape[0]
 
 
 def read_label_map(path: str) -> np.ndarray:
