@@ -7,8 +7,10 @@ a failing triton never breaks ``import mmvolo``). A further implementation is on
 calling :func:`register_outlook_impl`, imported here.
 """
 from . import outlook_chunked, outlook_reference  # noqa: F401  (register themselves)
+from .deform_aggregate import deform_aggregate
 from .dwconv import depthwise_conv
 from .involution import involution
+from .local_aggregate import local_aggregate, local_similarity
 from .local_attention import local_attention
 from .outlook_attention import (
     IMPL_ENV_VAR,
@@ -35,4 +37,6 @@ __all__ = ['IMPL_ENV_VAR', 'OutlookImplFallbackWarning', 'available_impls', 'kno
            'register_unavailable_impl', 'temporary_outlook_impl', 'unregister_outlook_impl',
            'unsupported_reason',
            # sliding-window token-mixer ops, impl='auto'|'reference'|'fast' (.window_utils)
-           'depthwise_conv', 'involution', 'local_attention']
+           'depthwise_conv', 'involution', 'local_attention',
+           # one local-aggregation op for the family (issue #23), impl='auto'|'reference'|'fast'
+           'local_aggregate', 'local_similarity', 'deform_aggregate']

@@ -1,0 +1,440 @@
+"""CPU fast path of :func:`~mmvolo.ops.local_aggregate.local_aggregate` (``impl='fast'``) and
+of :func:`~mmvolo.ops.local_aggregate.local_similarity`.
+
+One loop over the K*K taps per block of output rows (:func:`.window_utils.row_blocks`), never
+a Python loop over pixels. Per tap, a *sampler* yields the block's samples (B, r, Wo, C):
+
+* fixed windows, ``boundary='zeros'``: a strided slice (a view, no copy) of the value padded
+  once with zeros so that every window is in range - position i*S - P + a*D is buffer row
+  i*S + a*D;
+* fixed windows, ``boundary='clamp'``: ``index_select`` of rows and columns by the clamped
+  index tables (a block-sized copy);
+* deformable (offsets): bilinear, four ``index_select`` s of the block's corners from the
+  value flattened to (B*H*W*Go, C/Go) rows, corner weights zeroed outside the image.
+
+Forward (non-fold): ``out[block].addcmul_(samples, A[..., k])`` per tap. Fold (outlook): the
+block's K*K samples are copied into one (B, r, Wo, G, K*K, C/G) window tensor, ``A @ win``
+gives Y, and each k_out slice of Y is added onto its positions (the sampler's transpose).
+Blocks run one after another in one thread, so every sum has a fixed order: deterministic.
+
+Backward, hand-written (``once_differentiable``), recomputing the samples per block and tap
+from the saved value, weight (the softmax of it for ``normalize='softmax'``) and offsets;
+with g = grad_out and s_k the samples of tap k:
+
+    grad_A[n, g, k]     = sum_{c in g} g[n, c] * s_k[n, c]
+    grad_V             += transpose-sample of g * A[..., k]     (slice add_ / index_add_)
+    grad_offset[n, k]   = sum_{c in go} (g * A)[n, c] * d s_k[n, c] / d(dy, dx)
+    grad_weight         = A * (grad_A - sum_k grad_A * A)        (softmax), else grad_A
+
+(fold: gY = the windows of g, grad_A = gY @ win^T, grad_win = A^T @ gY scattered back.)
+Memory: the output, one padded copy of value (zeros boundary), the gradients, and per block
+the samples of one tap (fold: the K*K window tensors of one block). fp16/bf16 are computed in
+fp32, fp32/fp64 in themselves.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .local_aggregate import Geometry, similarity_mask
+from .window_utils import compute_dtype, row_blocks
+
+
+def blocks_of(geom: Geometry, elems_per_pixel: int) -> List[Tuple[int, int]]:
+    """Blocks of output rows sized by the working set per output pixel."""
+    meta = torch.empty(geom.batch, geom.out_h, geom.out_w, max(elems_per_pixel, 1),
+                       device='meta')
+    return row_blocks(meta)
+
+
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last dim from elementwise ops (see outlook_chunked)."""
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
+
+
+def softmax_last_backward(grad: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """d loss / d logits from d loss / d attn (in place on ``grad``)."""
+    return grad.sub_((grad * attn).sum(dim=-1, keepdim=True)).mul_(attn)
+
+
+class FixedSampler:
+    """Samples of fixed windows: strided views of a zero-padded buffer, or clamped gathers."""
+
+    def __init__(self, geom: Geometry) -> None:
+        self.geom = geom
+        g = geom
+        if g.boundary == 'zeros':
+            span = g.dilation * (g.kernel_size - 1)
+            need_h = (g.out_h - 1) * g.stride + span + 1
+            need_w = (g.out_w - 1) * g.stride + span + 1
+            self.pads = (g.padding, max(0, need_h - g.padding - g.height),
+                         g.padding, max(0, need_w - g.padding - g.width))
+        else:
+            self.rows, _ = g.tap_index('h')
+            self.cols, _ = g.tap_index('w')
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The buffer samples are read from: x padded (zeros) or x itself (clamp)."""
+        if self.geom.boundary != 'zeros':
+            return x.contiguous()
+        top, bottom, left, right = self.pads
+        return F.pad(x, (0, 0, left, right, top, bottom))
+
+    def new_grad(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero buffer shaped like ``prepare``'s result."""
+        g = self.geom
+        if g.boundary != 'zeros':
+            return like.new_zeros(g.batch, g.height, g.width, like.shape[-1])
+        top, bottom, left, right = self.pads
+        return like.new_zeros(g.batch, top + g.height + bottom, left + g.width + right,
+                              like.shape[-1])
+
+    def finish(self, buf: torch.Tensor) -> torch.Tensor:
+        """The image part of a buffer, (B, H, W, C)."""
+        g = self.geom
+        if g.boundary != 'zeros':
+            return buf
+        return buf[:, g.padding:g.padding + g.height, g.padding:g.padding + g.width]
+
+    def _slices(self, r0: int, r1: int, k: int) -> Tuple[slice, slice]:
+        g = self.geom
+        a, b = divmod(k, g.kernel_size)
+        rs = r0 * g.stride + a * g.dilation
+        cs = b * g.dilation
+        return (slice(rs, rs + (r1 - r0 - 1) * g.stride + 1, g.stride),
+                slice(cs, cs + (g.out_w - 1) * g.stride + 1, g.stride))
+
+    def _flat_index(self, r0: int, r1: int, k: int, device: torch.device) -> torch.Tensor:
+        a, b = divmod(k, self.geom.kernel_size)
+        return (self.rows[r0:r1, a][:, None] * self.geom.width
+                + self.cols[:, b][None, :]).reshape(-1).to(device)
+
+    def sample(self, buf: torch.Tensor, r0: int, r1: int, k: int) -> torch.Tensor:
+        """(B, r, Wo, C): tap k of output rows [r0, r1)."""
+        if self.geom.boundary == 'zeros':
+            rows, cols = self._slices(r0, r1, k)
+            return buf[:, rows, cols]
+        a, b = divmod(k, self.geom.kernel_size)
+        return buf.index_select(1, self.rows[r0:r1, a].to(buf.device)).index_select(
+            2, self.cols[:, b].to(buf.device))
+
+    def scatter(self, buf: torch.Tensor, r0: int, r1: int, k: int, val: torch.Tensor) -> None:
+        """Add ``val`` (B, r, Wo, C) or (B, r, Wo, G, C/G) onto tap k's positions in ``buf``."""
+        if self.geom.boundary == 'zeros':
+            rows, cols = self._slices(r0, r1, k)
+            target = buf[:, rows, cols]
+            if val.dim() == 5:
+                target = target.unflatten(-1, val.shape[-2:])
+            target.add_(val)
+            return
+        batch, channels = buf.shape[0], buf.shape[-1]
+        buf.view(batch, -1, channels).index_add_(1, self._flat_index(r0, r1, k, buf.device),
+                                                 val.reshape(batch, -1, channels))
+
+
+class DeformSampler:
+    """Bilinear samples at the fixed window positions plus offsets (zeros outside)."""
+
+    def __init__(self, geom: Geometry, offset: torch.Tensor) -> None:
+        self.geom = geom
+        self.offset = offset  # (B, Ho, Wo, Go, K*K, 2), compute dtype
+        self.groups = offset.shape[3]
+        rows, _ = geom.tap_index('h')
+        cols, _ = geom.tap_index('w')
+        self.rows = rows.to(offset.device, offset.dtype)
+        self.cols = cols.to(offset.device, offset.dtype)
+        dev = offset.device
+        self.bidx = torch.arange(geom.batch, device=dev).view(-1, 1, 1, 1)
+        self.gidx = torch.arange(self.groups, device=dev)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of C/Go channels: (B*H*W*Go, C/Go)."""
+        return x.contiguous().view(-1, x.shape[-1] // self.groups)
+
+    def finish(self, flat: torch.Tensor) -> torch.Tensor:
+        g = self.geom
+        return flat.view(g.batch, g.height, g.width, g.channels)
+
+    def corners(self, r0: int, r1: int, k: int) -> list:
+        """[(flat index (N,), w, dw/dy, dw/dx)] for the 4 corners, each (B, r, Wo, Go)."""
+        g = self.geom
+        a, b = divmod(k, g.kernel_size)
+        off = self.offset[:, r0:r1, :, :, k]
+        py = self.rows[r0:r1, a].view(1, -1, 1, 1) + off[..., 0]
+        px = self.cols[:, b].view(1, 1, -1, 1) + off[..., 1]
+        y0, x0 = py.floor(), px.floor()
+        ly, lx = py - y0, px - x0
+        hy, hx = 1 - ly, 1 - lx
+        out = []
+        for dy, wy, dwy_sign in ((0, hy, -1), (1, ly, 1)):
+            for dx, wx, dwx_sign in ((0, hx, -1), (1, lx, 1)):
+                cy, cx = y0 + dy, x0 + dx
+                inside = ((cy >= 0) & (cy < g.height) & (cx >= 0) & (cx < g.width)).to(py.dtype)
+                yi = cy.clamp(0, g.height - 1).long()
+                xi = cx.clamp(0, g.width - 1).long()
+                idx = ((self.bidx * g.height + yi) * g.width + xi) * self.groups + self.gidx
+                out.append((idx.reshape(-1), wy * wx * inside, dwy_sign * wx * inside,
+                            dwx_sign * wy * inside))
+        return out
+
+    def sample(self, flat: torch.Tensor, r0: int, r1: int, k: int) -> torch.Tensor:
+        """(B, r, Wo, C) bilinear samples of tap k."""
+        shape = (self.geom.batch, r1 - r0, self.geom.out_w, self.groups, flat.shape[-1])
+        out = None
+        for idx, w, _, _ in self.corners(r0, r1, k):
+            vals = flat.index_select(0, idx).view(shape)
+            out = vals.mul_(w[..., None]) if out is None else out.addcmul_(vals, w[..., None])
+        return out.flatten(-2)
+
+    def backward_tap(self, flat: torch.Tensor, grad_flat: torch.Tensor | None,
+                     grad_offset: torch.Tensor | None, r0: int, r1: int, k: int,
+                     gs: torch.Tensor, need_samples: bool) -> torch.Tensor | None:
+        """Scatter gs (B, r, Wo, C) = d loss / d samples into grad_flat, accumulate the
+        offset gradient of tap k; return the samples when ``need_samples``."""
+        shape = (self.geom.batch, r1 - r0, self.geom.out_w, self.groups, flat.shape[-1])
+        gs = gs.reshape(shape)
+        samples = None
+        gy = gx = None
+        for idx, w, dwy, dwx in self.corners(r0, r1, k):
+            if grad_flat is not None:
+                grad_flat.index_add_(0, idx, (gs * w[..., None]).reshape(-1, shape[-1]))
+            if grad_offset is None and not need_samples:
+                continue
+            vals = flat.index_select(0, idx).view(shape)
+            if grad_offset is not None:
+                dot = (gs * vals).sum(-1)
+                gy = dot * dwy if gy is None else gy.addcmul_(dot, dwy)
+                gx = dot * dwx if gx is None else gx.addcmul_(dot, dwx)
+            if need_samples:
+                samples = vals.mul_(w[..., None]) if samples is None else \
+                    samples.addcmul_(vals, w[..., None])
+        if grad_offset is not None:
+            grad_offset[:, r0:r1, :, :, k, 0] = gy
+            grad_offset[:, r0:r1, :, :, k, 1] = gx
+        return None if samples is None else samples.flatten(-2)
+
+
+def _weight_tap(attn: torch.Tensor, static: bool, r0: int, r1: int, k: int) -> torch.Tensor:
+    """A[..., k] of output rows [r0, r1) as (B, r, Wo, G, 1), or (G, 1) for static weights."""
+    return attn[:, k, None] if static else attn[:, r0:r1, :, :, k, None]
+
+
+def _weight_block(attn: torch.Tensor, static: bool, r0: int, r1: int) -> torch.Tensor:
+    return attn if static else attn[:, r0:r1]
+
+
+def _sampler(geom: Geometry, offset: torch.Tensor | None):
+    return FixedSampler(geom) if offset is None else DeformSampler(geom, offset)
+
+
+def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Tensor | None,
+                      geom: Geometry, groups: int, fold: bool, static: bool) -> torch.Tensor:
+    """Forward in the compute dtype of its (already cast) inputs; see the module docstring."""
+    sampler = _sampler(geom, offset)
+    src = sampler.prepare(value)
+    split = (groups, geom.channels // groups)
+    kk = geom.taps
+    if not fold:
+        out = value.new_zeros(geom.batch, geom.out_h, geom.out_w, *split)
+        factor = geom.channels * (4 if offset is not None else 1)
+        for r0, r1 in blocks_of(geom, factor):
+            block = out[:, r0:r1]
+            for k in range(kk):
+                s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+                block.addcmul_(s, _weight_tap(attn, static, r0, r1, k))
+        return out.flatten(-2)
+    out = sampler.new_grad(value)
+    for r0, r1 in blocks_of(geom, geom.channels * kk * 2):
+        win = _windows(sampler, src, r0, r1, split, kk)
+        y = torch.matmul(_weight_block(attn, static, r0, r1), win)
+        for k in range(kk):
+            sampler.scatter(out, r0, r1, k, y[..., k, :])
+    return sampler.finish(out)
+
+
+def _windows(sampler: FixedSampler, src: torch.Tensor, r0: int, r1: int,
+             split: Tuple[int, int], kk: int) -> torch.Tensor:
+    """(B, r, Wo, G, K*K, C/G): the K*K samples of rows [r0, r1)."""
+    g = sampler.geom
+    win = src.new_empty(g.batch, r1 - r0, g.out_w, split[0], kk, split[1])
+    for k in range(kk):
+        win[..., k, :] = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+    return win
+
+
+def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.Tensor,
+                       offset: torch.Tensor | None, geom: Geometry, groups: int, fold: bool,
+                       static: bool, needs: Tuple[bool, bool, bool]) -> tuple:
+    """(grad_value, grad_attn, grad_offset), None where ``needs`` says not wanted."""
+    need_v, need_w, need_off = needs
+    need_off = need_off and offset is not None
+    sampler = _sampler(geom, offset)
+    src = sampler.prepare(value)
+    split = (groups, geom.channels // groups)
+    kk = geom.taps
+    grad_attn = attn.new_zeros(attn.shape) if need_w else None
+    if fold:
+        grad_buf = sampler.new_grad(value) if need_v else None
+        gsrc = sampler.prepare(grad_out)
+        for r0, r1 in blocks_of(geom, geom.channels * kk * 4):
+            gy = _windows(sampler, gsrc, r0, r1, split, kk)
+            a_blk = _weight_block(attn, static, r0, r1)
+            if need_w:
+                win = _windows(sampler, src, r0, r1, split, kk)
+                ga = torch.matmul(gy, win.transpose(-1, -2))
+                if static:
+                    grad_attn += ga.sum(dim=(0, 1, 2))
+                else:
+                    grad_attn[:, r0:r1] = ga
+            if need_v:
+                gwin = torch.matmul(a_blk.transpose(-1, -2), gy)
+                for k in range(kk):
+                    sampler.scatter(grad_buf, r0, r1, k, gwin[..., k, :])
+        grad_v = None if grad_buf is None else sampler.finish(grad_buf)
+        return grad_v, grad_attn, None
+    g_all = grad_out.unflatten(-1, split)
+    deform = offset is not None
+    if deform:
+        grad_buf = torch.zeros_like(src) if need_v else None
+        grad_off = offset.new_zeros(offset.shape) if need_off else None
+    else:
+        grad_buf = sampler.new_grad(value) if need_v else None
+        grad_off = None
+    for r0, r1 in blocks_of(geom, geom.channels * (6 if deform else 2)):
+        g = g_all[:, r0:r1]
+        for k in range(kk):
+            w = _weight_tap(attn, static, r0, r1, k)
+            gs = g * w if (need_v or need_off) else None
+            if deform:
+                if gs is not None:
+                    s = sampler.backward_tap(src, grad_buf, grad_off, r0, r1, k, gs, need_w)
+                else:
+                    s = sampler.sample(src, r0, r1, k) if need_w else None
+            else:
+                s = sampler.sample(src, r0, r1, k) if need_w else None
+                if need_v:
+                    sampler.scatter(grad_buf, r0, r1, k, gs)
+            if need_w:
+                dot = (g * s.unflatten(-1, split)).sum(-1)
+                if static:
+                    grad_attn[:, k] += dot.sum(dim=(0, 1, 2))
+                else:
+                    grad_attn[:, r0:r1, :, :, k] = dot
+    grad_v = None if grad_buf is None else sampler.finish(grad_buf)
+    return grad_v, grad_attn, grad_off
+
+
+class _AggregateFast(torch.autograd.Function):
+    """Saves value, the (normalised) weight and the offsets; backward recomputes samples."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, weight: torch.Tensor,
+                offset: torch.Tensor | None, geom: Geometry, groups: int,
+                normalize: str | None, fold: bool, static: bool) -> torch.Tensor:
+        dtype = compute_dtype(value.dtype)
+        attn = weight.to(dtype)
+        if normalize == 'softmax':
+            attn = softmax_last(attn)
+        off = None if offset is None else offset.to(dtype)
+        out = aggregate_forward(value.to(dtype), attn, off, geom, groups, fold, static)
+        ctx.save_for_backward(value, attn if normalize else weight, offset)
+        ctx.params = (geom, groups, normalize, fold, static, weight.dtype)
+        return out.to(value.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        value, attn, offset = ctx.saved_tensors
+        geom, groups, normalize, fold, static, weight_dtype = ctx.params
+        dtype = compute_dtype(value.dtype)
+        attn = attn.to(dtype)
+        off = None if offset is None else offset.to(dtype)
+        needs = tuple(ctx.needs_input_grad[:3])
+        grad_v, grad_a, grad_off = aggregate_backward(
+            grad_out.to(dtype).contiguous(), value.to(dtype), attn, off, geom, groups, fold,
+            static, needs)
+        if grad_a is not None and normalize == 'softmax':
+            grad_a = softmax_last_backward(grad_a, attn)
+        cast = [None if t is None else t.to(dtype)
+                for t, dtype in ((grad_v, value.dtype), (grad_a, weight_dtype),
+                                 (grad_off, None if offset is None else offset.dtype))]
+        return (*cast, None, None, None, None, None)
+
+
+def local_aggregate_fast(value: torch.Tensor, weight: torch.Tensor, geom: Geometry,
+                         groups: int, offset: torch.Tensor | None, normalize: str | None,
+                         fold: bool, static: bool) -> torch.Tensor:
+    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_aggregate`."""
+    return _AggregateFast.apply(value, weight, offset, geom, groups, normalize, fold, static)
+
+
+# ------------------------------------------------------------------------------------------
+# local_similarity
+# ------------------------------------------------------------------------------------------
+
+class _SimilarityFast(torch.autograd.Function):
+    """logits[p, g, k] = scale * q[p, g] . key[pos(p, k), g]; saves q and key only."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, geom: Geometry,
+                groups: int, scale: float) -> torch.Tensor:
+        dtype = compute_dtype(query.dtype)
+        split = (groups, geom.channels // groups)
+        sampler = FixedSampler(geom)
+        src = sampler.prepare(key.to(dtype))
+        q = query.to(dtype).unflatten(-1, split)
+        logits = q.new_empty(geom.batch, geom.out_h, geom.out_w, groups, geom.taps)
+        for r0, r1 in blocks_of(geom, geom.channels * 2):
+            qb = q[:, r0:r1]
+            for k in range(geom.taps):
+                s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+                torch.sum(qb * s, dim=-1, out=logits[:, r0:r1, :, :, k])
+        logits.mul_(scale)
+        if geom.boundary == 'zeros':
+            logits.masked_fill_(~similarity_mask(geom).to(logits.device), float('-inf'))
+        ctx.save_for_backward(query, key)
+        ctx.params = (geom, groups, scale)
+        return logits.to(query.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        query, key = ctx.saved_tensors
+        geom, groups, scale = ctx.params
+        dtype = compute_dtype(query.dtype)
+        split = (groups, geom.channels // groups)
+        sampler = FixedSampler(geom)
+        src = sampler.prepare(key.to(dtype))
+        q = query.to(dtype).unflatten(-1, split)
+        gl = grad.to(dtype) * scale
+        if geom.boundary == 'zeros':
+            gl.masked_fill_(~similarity_mask(geom).to(gl.device), 0.0)
+        need_q, need_k = ctx.needs_input_grad[:2]
+        grad_q = torch.zeros_like(q) if need_q else None
+        grad_k = sampler.new_grad(src) if need_k else None
+        for r0, r1 in blocks_of(geom, geom.channels * 3):
+            qb = q[:, r0:r1]
+            for k in range(geom.taps):
+                glk = gl[:, r0:r1, :, :, k, None]
+                if need_q:
+                    s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+                    grad_q[:, r0:r1].addcmul_(glk, s)
+                if need_k:
+                    sampler.scatter(grad_k, r0, r1, k, glk * qb)
+        grad_q = None if grad_q is None else grad_q.flatten(-2).to(query.dtype)
+        grad_k = None if grad_k is None else sampler.finish(grad_k).to(key.dtype)
+        return grad_q, grad_k, None, None, None
+
+
+def local_similarity_fast(query: torch.Tensor, key: torch.Tensor, geom: Geometry,
+                          groups: int, scale: float) -> torch.Tensor:
+    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_similarity`."""
+    return _SimilarityFast.apply(query, key, geom, groups, scale)
+
+
+__all__ = ['local_aggregate_fast', 'local_similarity_fast', 'aggregate_forward',
+           'aggregate_backward', 'FixedSampler', 'DeformSampler']
