@@ -1,7 +1,9 @@
 """VOLO variants D1-D5 (official settings) and validation of custom architectures."""
 from __future__ import annotations
 
-from typing import Any
+import math
+import numbers
+from typing import Any, Sequence
 
 #: Official settings. Four block groups: outlookers (stride 8), then three groups of
 #: self-attention blocks after a 2x2 downsample (stride 16).
@@ -25,10 +27,13 @@ _DEFAULTS = dict(mlp_ratio=3., stem_hidden_dims=64)
 def resolve_arch(arch: str | dict) -> dict[str, Any]:
     """Settings for ``arch``: a name in :data:`ARCH_ZOO` (case-insensitive, 'volo_d1' or
     'd1') or a dict with ``layers``, ``embed_dims``, ``num_heads`` (4 entries each) and
-    optionally ``mlp_ratio``, ``stem_hidden_dims``.
+    optionally ``mlp_ratio``, ``stem_hidden_dims``. Every field is checked: ``layers``,
+    ``embed_dims``, ``num_heads`` 4 positive ints each, ``embed_dims[1:]`` equal and divisible
+    by their heads, ``stem_hidden_dims`` a positive int, ``mlp_ratio`` a positive number.
 
     Raises:
-        ValueError: unknown name (lists the valid ones) or malformed dict.
+        ValueError: unknown name (lists the valid ones) or malformed dict (one line naming
+            the field); TypeError: neither a name nor a dict, or a field that is no sequence.
     """
     if isinstance(arch, str):
         name = arch.lower().removeprefix('volo_').removeprefix('volo-')
@@ -46,10 +51,10 @@ def resolve_arch(arch: str | dict) -> dict[str, Any]:
     if unknown:
         raise ValueError(f'custom VOLO arch has unknown keys {sorted(unknown)}')
     for key in _REQUIRED_KEYS:
-        settings[key] = tuple(settings[key])
-        if len(settings[key]) != 4:
-            raise ValueError(f'custom VOLO arch: {key} needs 4 entries (outlooker stage + 3 '
-                             f'transformer stages), got {settings[key]}')
+        settings[key] = _four_positive_ints(key, settings[key])
+    settings['mlp_ratio'] = _positive_number('mlp_ratio', settings['mlp_ratio'])
+    settings['stem_hidden_dims'] = _positive_int('stem_hidden_dims',
+                                                 settings['stem_hidden_dims'])
     dims = settings['embed_dims']
     if len(set(dims[1:])) != 1:
         raise ValueError(f'custom VOLO arch: embed_dims[1:] must be equal (no downsample '
@@ -59,6 +64,38 @@ def resolve_arch(arch: str | dict) -> dict[str, Any]:
             raise ValueError(f'custom VOLO arch: embed_dims {dim} do not divide into {heads} '
                              'heads')
     return settings
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _four_positive_ints(key: str, value: Any) -> tuple[int, ...]:
+    """``layers`` / ``embed_dims`` / ``num_heads``: 4 ints >= 1, one per stage."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f'custom VOLO arch: {key} must be a sequence of 4 positive ints '
+                        f'(outlooker stage + 3 transformer stages), got {value!r}')
+    value = tuple(value)
+    if len(value) != 4:
+        raise ValueError(f'custom VOLO arch: {key} needs 4 entries (outlooker stage + 3 '
+                         f'transformer stages), got {value}')
+    if not all(_is_int(entry) and entry >= 1 for entry in value):
+        raise ValueError(f'custom VOLO arch: {key} must be 4 positive ints (>= 1 each), got '
+                         f'{value}')
+    return tuple(int(entry) for entry in value)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f'custom VOLO arch: {key} must be a positive int, got {value!r}')
+    return int(value)
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f'custom VOLO arch: {key} must be a positive number, got {value!r}')
+    return float(value)
 
 
 def match_arch(settings: dict[str, Any]) -> str | None:

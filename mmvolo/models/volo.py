@@ -1,8 +1,10 @@
 """VOLO backbone for dense prediction (mmseg) and classification (mmpretrain)."""
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -110,8 +112,10 @@ class VOLO(BaseModule):
             ``init_cfg=Pretrained``, a mixer other than OutlookAttention starts from VOLO's
             init and everything else loads from the checkpoint. Default: None
             (OutlookAttention, the official model).
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads official/timm/converted
-            VOLO weights; other mmengine init configs are applied after VOLO's own init.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH or URL)`` loads official/timm/
+            converted VOLO weights (a URL is downloaded once into torch.hub's cache); a file
+            lacking backbone tensors is refused unless ``allow_missing=True`` is added. Other
+            mmengine init configs are applied after VOLO's own init.
     """
 
     def __init__(self, arch: str | dict = 'd1', img_size: int | Sequence[int] = 224,
@@ -122,6 +126,7 @@ class VOLO(BaseModule):
                  norm_eval: bool = False, outlook_impl: str | None = None,
                  token_mixer: dict | None = None,
                  init_cfg: dict | list | None = None) -> None:
+        pretrained_options(init_cfg)  # a bad checkpoint / allow_missing fails at build time
         super().__init__(init_cfg=init_cfg)
         settings = resolve_arch(arch)
         self.token_mixer = mixer_type(token_mixer)
@@ -232,6 +237,10 @@ class VOLO(BaseModule):
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Shape and dtype checks on tensor attributes only (no graph break under compile)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'VOLO expects images as a (B, {self.in_channels}, H, W) '
+                            f'torch.Tensor, got {_describe_input(x)}; convert it first (e.g. '
+                            'torch.from_numpy(a).permute(2, 0, 1)[None].float())')
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'VOLO expects images (B, {self.in_channels}, H, W), got a tensor '
                              f'of shape {tuple(x.shape)}')
@@ -305,7 +314,8 @@ class VOLO(BaseModule):
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
             if self.token_mixer != DEFAULT_TOKEN_MIXER:  # the swapped mixer starts from init
                 self.network[GROUP_NETWORK_INDEX[0]].apply(_init_linear)
-            self.load_pretrained(self.init_cfg['checkpoint'])
+            checkpoint, allow_missing = pretrained_options(self.init_cfg)
+            self.load_pretrained(checkpoint, allow_missing=allow_missing)
             self._is_init = True
             return
         trunc_normal_(self.pos_embed, std=.02)
@@ -314,12 +324,25 @@ class VOLO(BaseModule):
             super().init_weights()  # the user's own init_cfg, on top
         self._is_init = True
 
-    def load_pretrained(self, checkpoint: str) -> None:
+    def load_pretrained(self, checkpoint: str, allow_missing: bool = False) -> None:
         """Load official/timm/converted VOLO weights (pos_embed resized to ``img_size``).
 
+        Every backbone tensor must come from the file, except the ones that are new by design:
+        the pyramid layers (``out_norms.*``, ``upsample.*``), a swapped token mixer's
+        (``token_mixer=...``) and BatchNorm ``num_batches_tracked`` counters. The file's
+        classification parts are dropped.
+
+        Args:
+            checkpoint: a file or an ``http(s)://`` URL (downloaded once into torch.hub's
+                cache, see :mod:`mmvolo.download`).
+            allow_missing: load a file that lacks backbone tensors; they keep VOLO's init and
+                the log names them (``init_cfg=dict(..., allow_missing=True)``).
+
         Raises:
-            CheckpointError: unreadable file, not VOLO, or another VOLO variant.
+            CheckpointError: unreadable file, not VOLO, another VOLO variant, or (without
+                ``allow_missing``) backbone tensors missing from it (count and first names).
         """
+        checkpoint = check_pretrained_checkpoint(checkpoint)
         grid = tuple(self.pos_embed.shape[1:3])
         state_dict, report, notes = load_volo_weights(checkpoint, pos_embed_size=grid)
         mixer_keys = self._swapped_mixer_keys(state_dict)
@@ -330,7 +353,14 @@ class VOLO(BaseModule):
         new_layers = [key for key in result.missing_keys if key.startswith(('out_norms.',
                                                                              'upsample.'))]
         missing = [key for key in result.missing_keys
-                   if key not in new_layers and key not in mixer_keys['new']]
+                   if key not in new_layers and key not in mixer_keys['new']
+                   and not key.endswith('num_batches_tracked')]
+        if missing and not allow_missing:
+            raise CheckpointError(
+                f'{checkpoint} lacks {len(missing)} of the backbone\'s tensors '
+                f'({_first_names(missing)}), which would stay at random init: use a complete '
+                'VOLO checkpoint, or set init_cfg=dict(type="Pretrained", checkpoint=..., '
+                'allow_missing=True) to start them from init')
         lines = [f'VOLO: loaded {len(state_dict)} tensors from {checkpoint}'
                  + (f" ({', '.join(notes)})" if notes else ''),
                  f'  dropped classification-only keys: {len(report.dropped)}']
@@ -344,11 +374,13 @@ class VOLO(BaseModule):
                          f"{report.resized['pos_embed'][1]}")
         if new_layers:
             lines.append(f'  newly initialised pyramid layers: {len(new_layers)} tensors')
-        if missing:
-            lines.append(f'  MISSING from checkpoint: {missing}')
+        if missing:  # only with allow_missing
+            lines.append(f'  MISSING from checkpoint (allow_missing=True, left at init): '
+                         f'{len(missing)} tensors: {missing}')
         if result.unexpected_keys:
             lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
-        print_log('\n'.join(lines), logger='current')
+        print_log('\n'.join(lines), logger='current',
+                  level=logging.WARNING if missing else logging.INFO)
 
     def _swapped_mixer_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
         """With a mixer other than OutlookAttention: its own parameter names (``new``, left at
@@ -374,6 +406,52 @@ class VOLO(BaseModule):
             f'{source} holds {found} weights whose shapes do not fit this backbone '
             f'(first mismatch: {bad[0]} {tuple(state_dict[bad[0]].shape)} vs '
             f'{tuple(own[bad[0]].shape)}); set arch to match the checkpoint')
+
+
+def check_pretrained_checkpoint(checkpoint: Any) -> str:
+    """``init_cfg=Pretrained``'s ``checkpoint``: a non-empty path or ``http(s)://`` URL.
+
+    Raises:
+        ValueError: anything else (None, '', a number...), one line.
+    """
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
+    if not isinstance(checkpoint, str) or not checkpoint.strip():
+        raise ValueError(f"VOLO init_cfg=dict(type='Pretrained', checkpoint={checkpoint!r}): "
+                         'checkpoint must be a path or an http(s):// URL of VOLO weights (or '
+                         'drop init_cfg to start from random init)')
+    return checkpoint
+
+
+def pretrained_options(init_cfg: Any) -> tuple[str, bool]:
+    """(checkpoint, allow_missing) of a ``dict(type='Pretrained', ...)`` init_cfg, checked;
+    ('', False) for any other init_cfg (nothing to load).
+
+    Raises:
+        ValueError: the checkpoint is not a path or URL, or allow_missing is not a bool.
+    """
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+        return '', False
+    checkpoint = check_pretrained_checkpoint(init_cfg.get('checkpoint'))
+    allow_missing = init_cfg.get('allow_missing', False)
+    if not isinstance(allow_missing, bool):
+        raise ValueError(f"VOLO init_cfg=dict(type='Pretrained', allow_missing="
+                         f'{allow_missing!r}): allow_missing must be True or False')
+    return checkpoint, allow_missing
+
+
+def _first_names(keys: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more' for error messages."""
+    more = f' and {len(keys) - shown} more' if len(keys) > shown else ''
+    return ', '.join(keys[:shown]) + more
+
+
+def _describe_input(x: Any) -> str:
+    """'a numpy.ndarray of shape (224, 224, 3)', 'a list'... for the input TypeError."""
+    kind = type(x)
+    name = kind.__name__ if kind.__module__ == 'builtins' else f'{kind.__module__}.{kind.__name__}'
+    shape = getattr(x, 'shape', None)
+    return f'a {name}' + (f' of shape {tuple(shape)}' if shape is not None else '')
 
 
 def _init_linear(module: nn.Module) -> None:
