@@ -10,8 +10,9 @@ inference tools all get the same behaviour:
   (so a file put there by hand works offline);
 - the download is written to a temporary file in that folder, fsynced and renamed onto the
   cache path only when complete (:func:`mmvolo.fileio.atomic_path`): a connection closed
-  mid-file, fewer bytes than Content-Length, a zip archive without its end record, Ctrl-C or
-  SIGTERM leave no cached file and no temporary file;
+  mid-file, fewer bytes than Content-Length, a zip archive without its end record or Ctrl-C
+  (SIGTERM where the tool turns it into an exception) leave no cached file and no temporary
+  file (a process killed outright can leave a hidden ``.<name>.*.tmp``, never the cache name);
 - a name carrying torch.hub's hash suffix (``name-<hex>.pth``, at least
   :data:`MIN_HASH_PREFIX` hex digits after the last ``-``) must match the file's sha256, or
   nothing is kept;

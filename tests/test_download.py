@@ -345,3 +345,53 @@ def test_other_ranks_read_what_rank0_cached(torch_home, monkeypatch):
     monkeypatch.setattr(download, 'download', lambda *args: calls.append('download'))
     assert resolve_checkpoint_path('http://127.0.0.1:9/x.pth') == str(target)
     assert calls == ['barrier']
+
+
+# ------------------------------------------------------------------------------------------
+# The callers that checked os.path.isfile first: tools' checks, load_from, the converter
+# ------------------------------------------------------------------------------------------
+def test_tool_checks_and_load_from_take_a_url(torch_home, server):
+    from mmengine.config import Config
+    from tool_helpers import TOY_CONFIG
+
+    from mmvolo.apis import UsageError, check_checkpoint, check_load_from
+    from mmvolo.apis.checks import expected_shapes
+
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    weights = {key: torch.zeros(shape) for key, shape in expected_shapes(cfg).items()}
+    buffer = io.BytesIO()
+    torch.save({'state_dict': weights, 'meta': {}}, buffer)
+    url = server.serve('toy_seg.pth', buffer.getvalue())
+    check_checkpoint(url, cfg)  # tools/test.py and tools/inference.py CHECKPOINT
+    assert check_load_from(url, cfg).startswith(f'[mmvolo] load_from {url}: '
+                                                f'{len(weights)} tensors loaded')
+    assert server.requests == ['/toy_seg.pth']  # downloaded once, then the cache
+    with pytest.raises(UsageError, match=r'cannot download checkpoint .*HTTP 404') as info:
+        check_checkpoint(server.url('gone.pth'), cfg)
+    assert info.value.exit_code == 1 and '\n' not in str(info.value)
+
+
+@pytest.mark.slow(seconds=5)
+def test_converter_takes_a_d1_sized_url(torch_home, server, tmp_path, capsys):
+    """A real-size file (VOLO-D1, ~110 MB): download figures, then the converter reads it
+    from the cache; the cached file cannot be the output."""
+    from mmvolo.converter import OutputPathError, convert_checkpoint
+
+    source = VOLO('d1', feature_pyramid=False)
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    data = buffer.getvalue()
+    url = server.serve('d1_224_84.2.pth.tar', data)
+    started = time.perf_counter()
+    cached = resolve_checkpoint_path(url)
+    elapsed = time.perf_counter() - started
+    with capsys.disabled():
+        print(f'\n[download figures] D1: {len(data)} bytes in {elapsed:.2f} s '
+              f'({len(data) / elapsed / 1e6:.0f} MB/s over 127.0.0.1)')
+    assert Path(cached).stat().st_size == len(data)
+    result = convert_checkpoint(url, tmp_path / 'volo_d1_224.pth')
+    assert result.arch == 'd1' and result.src == url
+    with pytest.raises(OutputPathError):
+        convert_checkpoint(url, cached)
+    assert Path(cached).read_bytes() == data
+    assert server.requests == ['/d1_224_84.2.pth.tar']
