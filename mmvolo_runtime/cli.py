@@ -1,0 +1,189 @@
+"""``tools/deploy/infer_onnx.py``: segment images with an mmvolo ONNX export (no torch).
+
+    python tools/deploy/infer_onnx.py MODEL.onnx IMAGE_OR_FOLDER ... --out-dir DIR
+        [--overlays] [--opacity 0.5] [--threads N] [--window-batch 4]
+
+Per image ``DIR/<stem>.png``: the label map, one channel of class ids (uint8; 16-bit beyond
+256 classes); with ``--overlays`` also ``DIR/overlays/<stem>.png``, the image with the classes
+painted over it as tools/inference.py paints them. Folders give their images (not
+recursive). Everything is checked before the first file is written: the model's metadata,
+each input (an image file, readable, a size the model can run), the stems (distinct), the
+output folder (not holding an input). Each PNG goes to a temporary file first, then is
+renamed into place. Bad input: one line ``error: ...``, exit status 2 (1: onnxruntime fails).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+import tempfile
+from collections import defaultdict
+from typing import Dict, List
+
+import cv2
+import numpy as np
+
+from .errors import UsageError, run_cli
+from .paint import paint_overlay
+from .segmentor import OnnxSegmentor
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+OVERLAYS = 'overlays'
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line ``error: ...`` (exit 2), as mmvolo's tools."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f'{message} (see --help)')
+
+
+def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    parser = _Parser(description='Segment images with an mmvolo ONNX export (onnxruntime; '
+                     'no torch needed)')
+    parser.add_argument('model', help='the .onnx file from tools/deploy/export_onnx.py')
+    parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
+    parser.add_argument('--out-dir', required=True,
+                        help='where label maps go (not a folder holding input images)')
+    parser.add_argument('--overlays', action='store_true',
+                        help='also write colour overlays to OUT_DIR/overlays/')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='opacity of the painted classes, 0..1 (default 0.5)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='onnxruntime intra-op threads (default: onnxruntime\'s)')
+    parser.add_argument('--window-batch', type=int, default=4,
+                        help='sliding windows per forward pass for a --dynamic export '
+                        '(default 4)')
+    return parser.parse_args(argv)
+
+
+def list_images(inputs: List[str]) -> List[str]:
+    """The image files named by ``inputs`` (files as given, folders' images sorted), each
+    once; a file that is not an image, or a missing input, is one line."""
+    images: List[str] = []
+    for item in inputs:
+        if osp.isdir(item):
+            images += sorted(osp.join(item, name) for name in os.listdir(item)
+                             if name.lower().endswith(IMAGE_SUFFIXES)
+                             and osp.isfile(osp.join(item, name)))
+        elif osp.isfile(item):
+            if not item.lower().endswith(IMAGE_SUFFIXES):
+                raise UsageError(f'input {item} is not an image file (expected '
+                                 f'{", ".join(IMAGE_SUFFIXES)}); drop it from the inputs')
+            images.append(item)
+        else:
+            raise UsageError(f'input {item} not found')
+    if not images:
+        raise UsageError(f'no images in {" ".join(inputs)} '
+                         f'(looked for {", ".join(IMAGE_SUFFIXES)})')
+    unique = {osp.realpath(path): path for path in reversed(images)}
+    return [path for path in images if unique[osp.realpath(path)] == path]
+
+
+def output_stems(images: List[str]) -> Dict[str, str]:
+    """{image: output stem}; two images with one stem (``a/x.jpg``, ``b/x.png``) are refused."""
+    by_stem: Dict[str, List[str]] = defaultdict(list)
+    for path in images:
+        by_stem[osp.splitext(osp.basename(path))[0]].append(path)
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            raise UsageError(f'inputs {paths[0]} and {paths[1]} would both be written to '
+                             f'{stem}.png; rename one of them or run them separately')
+    return {paths[0]: stem for stem, paths in by_stem.items()}
+
+
+def check_out_dir(out_dir: str, images: List[str]) -> None:
+    """Refuse an output folder that is a file, or that is or contains an input's folder."""
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise UsageError(f'--out-dir {out_dir} is a file; pass a folder')
+    out = osp.realpath(out_dir)
+    for path in images:
+        for folder in {osp.realpath(osp.dirname(osp.abspath(path))),
+                       osp.dirname(osp.realpath(path))}:
+            if osp.commonpath([out, folder]) == out:
+                where = 'is the folder' if folder == out else 'contains the folder'
+                raise UsageError(f'--out-dir {out_dir} {where} of input {path}: outputs could '
+                                 'overwrite inputs; choose an output folder outside the inputs')
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 BGR, decoded as mmseg's LoadImageFromFile does (cv2, IMREAD_COLOR)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise UsageError(f'cannot read input {path}: {error.strerror or error}') from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise UsageError(f'input {path} is not a readable image (corrupt, or not an image '
+                         'despite its suffix); drop it from the inputs')
+    return image
+
+
+def write_png(array: np.ndarray, out_file: str) -> None:
+    """Encode ``array`` as PNG into a temporary file next to ``out_file``, then rename it."""
+    ok, data = cv2.imencode('.png', array)
+    if not ok:
+        raise UsageError(f'cannot encode {out_file}', exit_code=1)
+    folder = osp.dirname(osp.abspath(out_file))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(out_file)}.', suffix='.tmp',
+                                       dir=folder)
+        try:
+            with os.fdopen(handle, 'wb') as stream:
+                stream.write(data.tobytes())
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, out_file)
+        finally:
+            if osp.exists(tmp):
+                os.remove(tmp)
+    except OSError as error:
+        raise UsageError(f'cannot write {out_file}: {error.strerror or error}',
+                         exit_code=1) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def main(argv: List[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not 0 <= args.opacity <= 1:
+        raise UsageError(f'--opacity must be within 0..1, got {args.opacity}')
+    if args.window_batch < 1:
+        raise UsageError(f'--window-batch must be at least 1, got {args.window_batch}')
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f'--threads must be at least 1, got {args.threads}')
+    images = list_images(args.inputs)
+    stems = output_stems(images)
+    check_out_dir(args.out_dir, images)
+    segmentor = OnnxSegmentor(args.model, threads=args.threads,
+                              window_batch=args.window_batch)
+    inexact = [path for path in images
+               if not segmentor.plan(*read_image(path).shape[:2], source=f'input {path}').exact]
+    info = segmentor.info
+    for path in images:
+        image = read_image(path)
+        labels, _ = segmentor.predict(image)
+        write_png(labels, osp.join(args.out_dir, stems[path] + '.png'))
+        if args.overlays:
+            overlay = paint_overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), labels,
+                                    info.classes, info.palette, args.opacity)
+            write_png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR),
+                      osp.join(args.out_dir, OVERLAYS, stems[path] + '.png'))
+    print(f'wrote {len(images)} label maps{" and overlays" if args.overlays else ""} to '
+          f'{args.out_dir} ({info.mode} mode, {segmentor.input_size[0]}x'
+          f'{segmentor.input_size[1]} graph)')
+    if inexact:
+        print(f'note: {len(inexact)} image(s) ({inexact[0]}, ...) ran with padding mmseg would '
+              'not add (smaller than the exported size); their logits differ from mmseg\'s near '
+              'the padding (docs/deploy.md, "Run the exported file")', file=sys.stderr)
+
+
+def run() -> None:
+    run_cli(main)
