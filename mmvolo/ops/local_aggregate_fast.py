@@ -219,8 +219,16 @@ class DeformSampler:
 
 
 def _weight_tap(attn: torch.Tensor, static: bool, r0: int, r1: int, k: int) -> torch.Tensor:
-    """A[..., k] of output rows [r0, r1) as (B, r, Wo, G, 1), or (G, 1) for static weights."""
-    return attn[:, k, None] if static else attn[:, r0:r1, :, :, k, None]
+    """A[..., k] of output rows [r0, r1) as (B, r, Wo, G, 1); static weights come per
+    channel (K*K, C) (:func:`_per_channel_taps`), so tap k is the vector (C,)."""
+    return attn[k] if static else attn[:, r0:r1, :, :, k, None]
+
+
+def _per_channel_taps(attn: torch.Tensor, channels: int) -> torch.Tensor:
+    """Static (G, K*K) -> (K*K, C): per-tap weight vectors along the contiguous channels
+    (a (G, 1)-shaped broadcast runs one channel at a time when C/G is small: 30x slower
+    for depthwise conv)."""
+    return attn.repeat_interleave(channels // attn.shape[0], dim=0).t().contiguous()
 
 
 def _weight_block(attn: torch.Tensor, static: bool, r0: int, r1: int) -> torch.Tensor:
@@ -240,13 +248,16 @@ def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Ten
     kk = geom.taps
     if not fold:
         out = value.new_zeros(geom.batch, geom.out_h, geom.out_w, *split)
+        if static:
+            attn, out = _per_channel_taps(attn, geom.channels), out.flatten(-2)
         factor = geom.channels * (4 if offset is not None else 1)
         for r0, r1 in blocks_of(geom, factor):
             block = out[:, r0:r1]
             for k in range(kk):
-                s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+                s = sampler.sample(src, r0, r1, k)
+                s = s if static else s.unflatten(-1, split)
                 block.addcmul_(s, _weight_tap(attn, static, r0, r1, k))
-        return out.flatten(-2)
+        return out if static else out.flatten(-2)
     out = sampler.new_grad(value)
     for r0, r1 in blocks_of(geom, geom.channels * kk * 2):
         win = _windows(sampler, src, r0, r1, split, kk)
@@ -296,7 +307,10 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
                     sampler.scatter(grad_buf, r0, r1, k, gwin[..., k, :])
         grad_v = None if grad_buf is None else sampler.finish(grad_buf)
         return grad_v, grad_attn, None
-    g_all = grad_out.unflatten(-1, split)
+    g_all = grad_out if static else grad_out.unflatten(-1, split)
+    if static:  # per-channel taps (K*K, C), their gradient reduced to (G, K*K) at the end
+        static_shape, attn = attn.shape, _per_channel_taps(attn, geom.channels)
+        grad_attn = attn.new_zeros(attn.shape) if need_w else None
     deform = offset is not None
     if deform:
         grad_buf = torch.zeros_like(src) if need_v else None
@@ -319,11 +333,12 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
                 if need_v:
                     sampler.scatter(grad_buf, r0, r1, k, gs)
             if need_w:
-                dot = (g * s.unflatten(-1, split)).sum(-1)
                 if static:
-                    grad_attn[:, k] += dot.sum(dim=(0, 1, 2))
+                    grad_attn[k] += (g * s).sum(dim=(0, 1, 2))
                 else:
-                    grad_attn[:, r0:r1, :, :, k] = dot
+                    grad_attn[:, r0:r1, :, :, k] = (g * s.unflatten(-1, split)).sum(-1)
+    if static and need_w:
+        grad_attn = grad_attn.t().reshape(static_shape[0], -1, kk).sum(1)
     grad_v = None if grad_buf is None else sampler.finish(grad_buf)
     return grad_v, grad_attn, grad_off
 
