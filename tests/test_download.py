@@ -56,7 +56,8 @@ class Server:
         self.httpd.files, self.httpd.cut, self.httpd.no_length = {}, {}, set()
         self.httpd.requests = []
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def serve(self, name: str, data: bytes, cut: int | None = None,
@@ -313,6 +314,30 @@ def test_hostile_pickle_over_http_is_refused_as_from_disk(torch_home, server, tm
     assert not marker.exists()
 
 
+def test_trust_is_given_to_a_url_explicitly_and_only_to_it(torch_home, server, tmp_path):
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from mmvolo import runtime
+    from mmvolo.checkpoint import TrustedLoadWarning
+
+    marker = tmp_path / 'ran'
+    buffer = io.BytesIO()
+    torch.save({'w': torch.zeros(2), 'payload': _Hostile(marker)}, buffer)
+    url = server.serve('trusted.pth', buffer.getvalue())
+    other = server.serve('other.pth', buffer.getvalue())
+    runtime.trust_checkpoint(url)  # what --trust does with the URL the user named
+    try:
+        with pytest.warns(TrustedLoadWarning):
+            CheckpointLoader.load_checkpoint(url, map_location='cpu')
+        assert marker.exists()
+        marker.unlink()
+        with pytest.raises(UntrustedCheckpointError):
+            CheckpointLoader.load_checkpoint(other, map_location='cpu')
+        assert not marker.exists()
+    finally:
+        runtime.checkpoints._trusted_paths.discard(url)
+
+
 # ------------------------------------------------------------------------------------------
 # Distributed: rank 0 downloads, the others wait
 # ------------------------------------------------------------------------------------------
@@ -350,6 +375,7 @@ def test_other_ranks_read_what_rank0_cached(torch_home, monkeypatch):
 # ------------------------------------------------------------------------------------------
 # The callers that checked os.path.isfile first: tools' checks, load_from, the converter
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow(seconds=6)  # imports mmseg.models for init_model
 def test_tool_checks_and_load_from_take_a_url(torch_home, server):
     from mmengine.config import Config
     from tool_helpers import TOY_CONFIG
@@ -366,6 +392,11 @@ def test_tool_checks_and_load_from_take_a_url(torch_home, server):
     assert check_load_from(url, cfg).startswith(f'[mmvolo] load_from {url}: '
                                                 f'{len(weights)} tensors loaded')
     assert server.requests == ['/toy_seg.pth']  # downloaded once, then the cache
+    from mmseg.apis import init_model  # what tools/inference.py loads CHECKPOINT with
+
+    model = init_model(cfg, url, device='cpu')
+    assert torch.count_nonzero(model.backbone.pos_embed) == 0  # the served zeros
+    assert server.requests == ['/toy_seg.pth']
     with pytest.raises(UsageError, match=r'cannot download checkpoint .*HTTP 404') as info:
         check_checkpoint(server.url('gone.pth'), cfg)
     assert info.value.exit_code == 1 and '\n' not in str(info.value)
