@@ -25,6 +25,11 @@ FILE is kept). ``--benchmark N`` also prints PyTorch vs onnxruntime latency (med
 Bad input (missing config, unreadable checkpoint, non-positive shape, an output that is the
 checkpoint or in a missing folder, onnx/onnxruntime/onnxscript not installed) prints one line
 ``error: ...`` and exits with status 2 (1: unusable checkpoint, export or parity failure).
+The metadata_props also record what ``tools/deploy/infer_onnx.py`` (:mod:`mmvolo_runtime`,
+no torch) needs to reproduce mmseg's inference: the test Resize, the data_preprocessor's test
+padding, ``test_cfg`` (whole/slide, crop and stride), classes and palette, ``align_corners``,
+the opset and input size (:class:`mmvolo_runtime.metadata.ModelInfo`, versioned by
+``mmvolo_metadata_version``). In slide mode ``--shape`` defaults to ``test_cfg.crop_size``.
 See docs/deploy.md.
 """
 from __future__ import annotations
@@ -49,6 +54,9 @@ from mmvolo.checkpoint import first_line
 from mmvolo.fileio import atomic_path
 from mmvolo.ops import IMPL_ENV_VAR
 from mmvolo.ops.impl_override import forced_outlook_impl
+from mmvolo.version import __version__ as mmvolo_version
+from mmvolo_runtime.metadata import KNOWN_TRANSFORMS, ModelInfo, ResizeStep, to_props
+from mmvolo_runtime.paint import default_palette
 
 #: Col2Im (the fold of the reference outlook attention) exists from opset 18 on.
 MIN_OPSET = 18
@@ -138,13 +146,18 @@ def check_deploy_packages() -> dict[str, Any]:
 
 
 def default_shape(cfg) -> tuple[int, int]:
-    crop = cfg.get('crop_size', (512, 512))
+    """The export size when --shape is not given: the sliding window (``test_cfg.crop_size``)
+    in slide mode, else the config's ``crop_size`` (512x512 if it has none)."""
+    test_cfg = cfg.model.get('test_cfg') or {}
+    if test_cfg.get('mode') == 'slide' and test_cfg.get('crop_size') is not None:
+        crop, source = test_cfg['crop_size'], "the config's test_cfg.crop_size"
+    else:
+        crop, source = cfg.get('crop_size', (512, 512)), "the config's crop_size"
     try:
         shape = int(crop[0]), int(crop[1])
     except (TypeError, ValueError, IndexError):
-        raise UsageError(f"the config's crop_size {crop!r} is not (H, W); pass --shape H W"
-                         ) from None
-    check_shape(shape, "the config's crop_size (or --shape)")
+        raise UsageError(f'{source} {crop!r} is not (H, W); pass --shape H W') from None
+    check_shape(shape, f'{source} (or --shape)')
     return shape
 
 
@@ -171,7 +184,11 @@ def build_segmentor(cfg, checkpoint: str | None, trust: bool):
         raise UsageError(f'{type(model).__name__} is not an EncoderDecoder with one decode head: '
                          'this tool exports only those')
     if checkpoint is not None:
-        state_dict = model_state_dict(read_checkpoint_for_tool(checkpoint, trust))
+        loaded = read_checkpoint_for_tool(checkpoint, trust)
+        state_dict = model_state_dict(loaded)
+        meta = loaded.get('meta') if isinstance(loaded, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get('dataset_meta'), dict):
+            model.dataset_meta = meta['dataset_meta']  # as mmseg's init_model keeps it
         result = model.load_state_dict(state_dict, strict=False)
         missing = [key for key in result.missing_keys if not key.endswith('num_batches_tracked')]
         if missing:  # check_checkpoint refuses these; kept as a guard
@@ -206,16 +223,123 @@ def model_bytes(module) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def metadata(cfg, config: str, segmentor, inputs: str) -> dict[str, str]:
-    """The file's metadata_props: what the graph expects, and the data_preprocessor's
-    normalisation, which the caller must apply (it is not in the graph)."""
+def metadata(cfg, config: str, segmentor, inputs: str, *, size: tuple[int, int],
+             opset: int, dynamic: bool) -> dict[str, str]:
+    """The file's metadata_props: what the graph expects (``input``), the data_preprocessor's
+    normalisation (not in the graph) and what :mod:`mmvolo_runtime` needs to reproduce mmseg's
+    inference (:class:`mmvolo_runtime.metadata.ModelInfo`, format version
+    :data:`~mmvolo_runtime.metadata.METADATA_VERSION`)."""
+    props = to_props(model_info(cfg, config, segmentor, size=size, opset=opset,
+                                dynamic=dynamic))
+    props.update(outlook_impl=EXPORT_IMPL, input=inputs)
+    return props
+
+
+def model_info(cfg, config: str, segmentor, *, size: tuple[int, int], opset: int,
+               dynamic: bool) -> ModelInfo:
+    """The config's test-time inference as :class:`ModelInfo` (read, nothing built or run)."""
     pre = cfg.model.get('data_preprocessor') or {}
-    return {'mmvolo_config': osp.basename(config),
-            'num_classes': str(segmentor.decode_head.num_classes),
-            'outlook_impl': EXPORT_IMPL, 'input': inputs,
-            'preprocess_mean': str(list(pre.get('mean') or [])),
-            'preprocess_std': str(list(pre.get('std') or [])),
-            'preprocess_bgr_to_rgb': str(bool(pre.get('bgr_to_rgb', False)))}
+    test_pad = pre.get('test_cfg') or {}
+    test_cfg = cfg.model.get('test_cfg') or {}
+    mode = test_cfg.get('mode', 'whole')
+    head = segmentor.decode_head
+    resize, unsupported = test_resize(cfg.get('test_pipeline'))
+    classes, palette = class_names_and_palette(cfg, segmentor)
+    return ModelInfo(
+        config=osp.basename(config), mmvolo_version=mmvolo_version, opset=opset,
+        input_size=size, dynamic_batch=dynamic, num_classes=int(head.num_classes),
+        out_channels=int(head.out_channels),
+        threshold=None if head.threshold is None else float(head.threshold),
+        mean=tuple(float(v) for v in pre.get('mean') or []),
+        std=tuple(float(v) for v in pre.get('std') or []),
+        bgr_to_rgb=bool(pre.get('bgr_to_rgb', False)),
+        pad_val=float(pre.get('pad_val', 0)), seg_pad_val=float(pre.get('seg_pad_val', 255)),
+        test_pad_size=_pair(test_pad.get('size')), test_pad_divisor=test_pad.get('size_divisor'),
+        resize=resize, mode=mode,
+        crop_size=_pair(test_cfg.get('crop_size')) if mode == 'slide' else None,
+        stride=_pair(test_cfg.get('stride')) if mode == 'slide' else None,
+        align_corners=bool(head.align_corners), classes=classes, palette=palette,
+        unsupported=unsupported)
+
+
+def test_resize(pipeline) -> tuple[ResizeStep | None, str | None]:
+    """The test pipeline's ``Resize``, and why :mod:`mmvolo_runtime` cannot reproduce the
+    pipeline (None when it can: only the transforms of ``KNOWN_TRANSFORMS``, one cv2 Resize
+    with a ``scale``, images loaded in colour)."""
+    if not pipeline:
+        return None, 'the config has no test_pipeline'
+    resize, problems = None, []
+    for step in pipeline:
+        kind = str(step.get('type', '')).split('.')[-1]
+        if kind not in KNOWN_TRANSFORMS:
+            problems.append(f'test_pipeline step {kind}')
+        elif kind == 'LoadImageFromFile' and step.get('color_type', 'color') != 'color':
+            problems.append(f"LoadImageFromFile color_type {step['color_type']!r}")
+        elif kind == 'Resize':
+            scale = step.get('scale')
+            if resize is not None or scale is None or step.get('backend', 'cv2') != 'cv2':
+                problems.append('a Resize other than one cv2 Resize with a scale')
+                continue
+            scale = (scale, scale) if isinstance(scale, int) else tuple(scale)
+            resize = ResizeStep((int(scale[0]), int(scale[1])), bool(step.get('keep_ratio')),
+                                str(step.get('interpolation', 'bilinear')))
+    return resize, (', '.join(problems) + ' (not reproduced by mmvolo_runtime)'
+                    if problems else None)
+
+
+def class_names_and_palette(cfg, segmentor) -> tuple[tuple[str, ...], tuple]:
+    """Classes and palette as mmseg's ``init_model`` gives them to the visualizer: the
+    checkpoint's ``meta['dataset_meta']``, else the test dataset class's ``METAINFO`` (the
+    class attribute, updated by the config's ``metainfo``; no data read); class ``i`` named
+    ``'i'`` when neither names them; a missing palette is mmseg's seeded random one."""
+    num_classes = int(segmentor.decode_head.num_classes)
+    meta = dict(getattr(segmentor, 'dataset_meta', None) or {})
+    if not meta.get('classes'):
+        meta = dataset_metainfo(cfg)
+    classes = tuple(str(name) for name in meta.get('classes') or ()) \
+        or tuple(str(index) for index in range(num_classes))
+    palette = [tuple(int(v) for v in color) for color in meta.get('palette') or ()]
+    if len(palette) < len(classes):
+        palette = default_palette(len(classes))
+    return classes, tuple(tuple(color) for color in palette[:len(classes)])
+
+
+def dataset_metainfo(cfg) -> dict:
+    """The test dataset class's METAINFO merged with the config's ``metainfo`` ({} if none)."""
+    from mmseg.registry import DATASETS
+
+    dataset = ((cfg.get('test_dataloader') or {}).get('dataset')) or {}
+    try:
+        dataset_class = DATASETS.get(dataset.get('type'))
+    except Exception:  # noqa: BLE001 - a registry lookup of an unknown or odd type
+        dataset_class = None
+    info = dict(getattr(dataset_class, 'METAINFO', None) or {})
+    info.update(dataset.get('metainfo') or {})
+    return info
+
+
+def runtime_notes(props: dict[str, str], size: tuple[int, int]) -> list[str]:
+    """Why ``tools/deploy/infer_onnx.py`` would refuse the file (export still succeeds)."""
+    import json
+
+    notes = []
+    if json.loads(props['runtime_unsupported']):
+        notes.append(f"{json.loads(props['runtime_unsupported'])}: tools/deploy/infer_onnx.py "
+                     'will refuse this file')
+    test_cfg = json.loads(props['test_cfg'])
+    if test_cfg['mode'] == 'slide' and tuple(test_cfg['crop_size']) != size:
+        crop = test_cfg['crop_size']
+        notes.append(f'the config slides {crop[0]}x{crop[1]} windows but --shape is '
+                     f'{size[0]} {size[1]}: tools/deploy/infer_onnx.py needs --shape {crop[0]} '
+                     f'{crop[1]} (the default)')
+    return notes
+
+
+def _pair(value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    value = (value, value) if isinstance(value, int) else tuple(value)
+    return int(value[0]), int(value[1])
 
 
 # ------------------------------------------------------------------------------- export
@@ -359,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     program.model.metadata_props.update(
         metadata(cfg, args.config, segmentor, f'{INPUT_NAME} (B, {channels}, {height}, {width}) '
-                 'float32, normalised'))
+                 'float32, normalised', size=(height, width), opset=args.opset,
+                 dynamic=args.dynamic))
     with atomic_path(args.out) as tmp:
         program.save(tmp, external_data=False)
         unknown = foreign_ops(packages['onnx'].load(tmp, load_external_data=False))
@@ -373,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(f'onnxruntime differs from PyTorch by {diff:.3g} (max abs, at '
                              f'{checked}) > --tolerance {args.tolerance:g}; nothing written',
                              exit_code=1)
+    for note in runtime_notes(program.model.metadata_props, (height, width)):
+        print(f'note: {note}')
     megabytes = osp.getsize(args.out) / 2 ** 20
     print(f'wrote {args.out} ({megabytes:.1f} MiB, exported in {seconds:.1f} s); input '
           f'{INPUT_NAME} {"B" if args.dynamic else 1}x{channels}x{height}x{width} float32 '
