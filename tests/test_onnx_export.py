@@ -9,8 +9,8 @@ Pins down:
 * ``--dynamic`` with the chunked impl configured for PyTorch: the file runs at batch 3 (not
   a traced size) within 1e-4 of the chunked PyTorch model; H and W stay fixed, and another
   size is refused by onnxruntime (it does not run and silently give wrong logits);
-* :func:`mmvolo.ops.impl_override.forced_outlook_impl` switches every OutlookAttention (and
-  $MMVOLO_OUTLOOK_IMPL) to the reference impl and restores them; under it a module
+* :func:`mmvolo.ops.forced_impl` makes every outlook-attention call run the reference impl
+  (above modules' ``impl=`` and $MMVOLO_OUTLOOK_IMPL, touching neither); under it a module
   configured as 'chunked' (a custom op ONNX cannot express) exports as Col2Im;
 * bad input: one line ``error: ...`` each, exit 2 (1: unusable checkpoint, parity beyond
   ``--tolerance``), and nothing written (an existing output is kept, no temporary file left).
@@ -31,8 +31,10 @@ onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxscript')
 
 from mmvolo.models.outlook_attention import OutlookAttention  # noqa: E402
-from mmvolo.ops import IMPL_ENV_VAR  # noqa: E402
+from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl  # noqa: E402
 from mmvolo.ops.impl_override import forced_outlook_impl  # noqa: E402
+from mmvolo.ops.involution import INVOLUTION_IMPLS  # noqa: E402
+from mmvolo.ops.outlook_attention import select_impl  # noqa: E402
 from mmvolo.utils.config import build_model_for_analysis  # noqa: E402
 
 # mmseg's own deprecation, raised when the in-process runs build the decode head's loss
@@ -119,26 +121,30 @@ def test_dynamic_batch_with_chunked_pytorch(tmp_path, capsys, toy_checkpoint):
         run_onnx(out, torch.randn(1, 3, 64, 40))
 
 
-def test_forced_outlook_impl_switches_and_restores(monkeypatch):
+def test_forced_impl_beats_modules_and_env_and_restores(monkeypatch):
+    """The export's override is read by the dispatcher: it beats a module's ``impl=`` and the
+    env var, touches neither, and ends with the block."""
     monkeypatch.setenv(IMPL_ENV_VAR, 'chunked')
-    model = torch.nn.Sequential(OutlookAttention(8, 2, impl='chunked'),
-                                OutlookAttention(8, 2, stride=2))
-    with forced_outlook_impl(model, 'reference') as switched:
-        assert switched == 2
-        assert [module.impl for module in model] == ['reference', 'reference']
-        assert os.environ[IMPL_ENV_VAR] == 'reference'
-    assert [module.impl for module in model] == ['chunked', None]
-    assert os.environ[IMPL_ENV_VAR] == 'chunked'
+    v, logits = torch.randn(1, 4, 4, 8), torch.randn(1, 2, 2, 2 * 81)
+    with forced_impl('reference', ops=(OUTLOOK_IMPLS.op,)):
+        assert select_impl(v, 'chunked', logits) == 'reference'
+        assert select_impl(v, None, logits) == 'reference'
+        assert os.environ[IMPL_ENV_VAR] == 'chunked'
+        assert INVOLUTION_IMPLS.select(v, v, impl='fast') == 'fast'  # other ops: their own
+    assert select_impl(v, 'chunked', logits) == 'chunked'
     with pytest.raises(ValueError, match="impl 'nope' is not available here; choose one of"):
-        with forced_outlook_impl(model, 'nope'):
+        with forced_impl('nope'):
             pass
+    with pytest.warns(DeprecationWarning, match='forced_impl'):
+        with forced_outlook_impl(torch.nn.Identity(), 'reference'):
+            assert select_impl(v, 'chunked', logits) == 'reference'
 
 
 def test_chunked_module_exports_through_reference():
     """A 'chunked' module exports (as Col2Im) under the override; results equal chunked's."""
     module = OutlookAttention(8, 2, impl='chunked').eval()
     tokens = torch.randn(1, 6, 10, 8)
-    with forced_outlook_impl(module, 'reference'), torch.no_grad():
+    with forced_impl('reference', ops=(OUTLOOK_IMPLS.op,)), torch.no_grad():
         program = torch.onnx.export(module, (tokens,), dynamo=True, opset_version=18,
                                     verbose=False)
     assert module.impl == 'chunked'

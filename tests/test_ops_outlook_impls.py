@@ -341,7 +341,7 @@ def test_triton_claims_cpu_tensors_when_interpreted(triton_results):
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which fallbacks were already warned about (the dispatcher warns once each)."""
-    monkeypatch.setattr(dispatcher, '_WARNED', set())
+    monkeypatch.setattr(dispatcher.OUTLOOK_IMPLS, 'warned', set())
 
 
 def float32_only(v: torch.Tensor, logits: torch.Tensor) -> str | None:
@@ -385,7 +385,7 @@ def test_env_var_selects_impl(monkeypatch):
     assert select_impl(v, None, logits) == 'reference'
     assert select_impl(v, 'chunked', logits) == 'chunked'  # argument beats env var
     monkeypatch.setenv(IMPL_ENV_VAR, 'nope')
-    with pytest.raises(ValueError, match=f"unknown outlook attention impl 'nope' .{IMPL_ENV_VAR}"):
+    with pytest.raises(ValueError, match=f"outlook attention: unknown impl 'nope' .{IMPL_ENV_VAR}"):
         outlook_attention(v, logits, 1, 3, 1, 2)
 
 
@@ -470,7 +470,7 @@ def test_unavailable_optional_impl_warns_and_falls_back(fresh_warnings):
             out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
         torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
         assert select_impl(v, 'auto', logits) == 'chunked'
-    assert ('triton' in available_impls()) == (dispatcher._REGISTRY['triton'].fn is not None)
+    assert ('triton' in available_impls()) == (dispatcher.OUTLOOK_IMPLS.entry('triton').fn is not None)
 
 
 def test_triton_on_plain_cpu_falls_back(fresh_warnings):

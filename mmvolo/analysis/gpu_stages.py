@@ -495,11 +495,11 @@ def backbone(run) -> None:
     import torch._dynamo
 
     from mmvolo import VOLO
-    from mmvolo.ops.impl_override import forced_outlook_impl
+    from mmvolo.ops import OUTLOOK_IMPLS, forced_impl
 
     model = VOLO(DRY_ARCH if run.dry else 'd1').eval()
     x = torch.randn(*BACKBONE_INPUT, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), forced_outlook_impl(model, 'reference'):
+    with torch.no_grad(), forced_impl('reference', ops=(OUTLOOK_IMPLS.op,)):
         want = model(x)
     model.to(run.device)
     x = x.to(run.device)

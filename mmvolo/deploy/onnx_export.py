@@ -14,7 +14,7 @@ the weights are random (checks the graph, not a model to deploy).
 
 Export uses PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``, which needs
 onnxscript), with outlook attention forced to the ``'reference'`` impl
-(:func:`mmvolo.ops.impl_override.forced_outlook_impl`): its unfold/fold become standard ONNX
+(:func:`mmvolo.ops.forced_impl`): its unfold/fold become standard ONNX
 ops (fold -> ``Col2Im``, hence opset >= 18), while the fast impls are custom ops ONNX does
 not know. The file is then run in onnxruntime (CPUExecutionProvider) on random input and
 compared with the PyTorch model as configured (its own outlook impl); the max abs difference
@@ -52,8 +52,7 @@ from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
 from mmvolo.checkpoint import first_line
 from mmvolo.fileio import atomic_path
-from mmvolo.ops import IMPL_ENV_VAR
-from mmvolo.ops.impl_override import forced_outlook_impl
+from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl
 from mmvolo.version import __version__ as mmvolo_version
 from mmvolo_runtime.metadata import KNOWN_TRANSFORMS, ModelInfo, ResizeStep, to_props
 from mmvolo_runtime.paint import default_palette
@@ -348,7 +347,7 @@ def export(module, example, dynamic: bool, opset: int):
     from torch.export import Dim
 
     dynamic_shapes = {INPUT_NAME: {0: Dim('batch', min=1)}} if dynamic else None
-    with forced_outlook_impl(module, EXPORT_IMPL), torch.no_grad():
+    with forced_impl(EXPORT_IMPL, ops=(OUTLOOK_IMPLS.op,)), torch.no_grad():
         try:
             return torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -23,10 +23,11 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..ops.dwconv import depthwise_conv
-from ..ops.involution import involution
-from ..ops.local_attention import local_attention
-from ..ops.window_utils import check_kernel_size, check_stride, resolve_impl
+from ..ops.dispatch import ImplRegistry
+from ..ops.dwconv import DEPTHWISE_CONV_IMPLS, depthwise_conv
+from ..ops.involution import INVOLUTION_IMPLS, involution
+from ..ops.local_attention import LOCAL_ATTENTION_IMPLS, local_attention
+from ..ops.window_utils import check_kernel_size, check_stride
 from ..registry import MODELS
 
 #: Involution's default channels per group (the paper's ``group_channels``).
@@ -36,12 +37,12 @@ HEAD_DIMS = 32
 
 
 def _check_common(name: str, embed_dims: int, kernel_size: int, stride: int,
-                  impl: str | None) -> None:
+                  impl: str | None, impls: ImplRegistry) -> None:
     if not isinstance(embed_dims, int) or embed_dims < 1:
         raise ValueError(f'{name}: embed_dims must be an int >= 1, got {embed_dims!r}')
     check_kernel_size(name, kernel_size)
     check_stride(name, stride)
-    resolve_impl(name, impl)
+    impls.check_name(impl)
 
 
 class _TokenMixer(BaseModule):
@@ -102,7 +103,7 @@ class Involution(_TokenMixer):
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
-        _check_common(name, embed_dims, kernel_size, stride, impl)
+        _check_common(name, embed_dims, kernel_size, stride, impl, INVOLUTION_IMPLS)
         if groups is None:
             if embed_dims % GROUP_CHANNELS:
                 raise ValueError(f'{name}: embed_dims {embed_dims} does not split into groups '
@@ -168,7 +169,7 @@ class LocalSelfAttention(_TokenMixer):
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
-        _check_common(name, embed_dims, kernel_size, stride, impl)
+        _check_common(name, embed_dims, kernel_size, stride, impl, LOCAL_ATTENTION_IMPLS)
         if num_heads is None:
             num_heads = max(1, embed_dims // HEAD_DIMS)
         if not isinstance(num_heads, int) or num_heads < 1 or embed_dims % num_heads:
@@ -219,7 +220,8 @@ class DWConvMixer(_TokenMixer):
                  bias: bool = True, proj_drop_rate: float = 0., channels_last: bool = True,
                  impl: str | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        _check_common(type(self).__name__, embed_dims, kernel_size, stride, impl)
+        _check_common(type(self).__name__, embed_dims, kernel_size, stride, impl,
+                      DEPTHWISE_CONV_IMPLS)
         self.embed_dims, self.kernel_size, self.stride = embed_dims, kernel_size, stride
         self.channels_last, self.impl = channels_last, impl
         self.dwconv = nn.Conv2d(embed_dims, embed_dims, kernel_size, padding=kernel_size // 2,

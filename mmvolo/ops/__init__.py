@@ -1,19 +1,23 @@
-"""Operators: outlook attention behind one function with selectable implementations.
+"""Operators, each one function with selectable implementations behind one dispatcher.
 
-Importing this package registers the implementations, each from its own module: 'reference'
+:mod:`.dispatch` is the rule for every op (a registry per op: name, ``supports``, priority;
+``impl=``, ``MMVOLO_<OP>_IMPL`` and :func:`forced_impl` to choose). Importing this package
+registers the implementations, each from its own module: outlook attention's 'reference'
 (:mod:`.outlook_reference`), 'chunked' (:mod:`.outlook_chunked`) and 'triton'
 (:mod:`.outlook_triton`; registered as known but unavailable when triton cannot be imported -
-a failing triton never breaks ``import mmvolo``). A further implementation is one module
-calling :func:`register_outlook_impl`, imported here.
+a failing triton never breaks ``import mmvolo``); the window ops' 'reference' and 'fast' in
+their own modules. A further implementation is one module registering itself, imported here.
 """
 from . import outlook_chunked, outlook_reference  # noqa: F401  (register themselves)
 from .deform_aggregate import deform_aggregate
+from .dispatch import REGISTRIES, ImplFallbackWarning, ImplRegistry, forced_impl
 from .dwconv import depthwise_conv
 from .involution import involution
 from .local_aggregate import local_aggregate, local_similarity
 from .local_attention import local_attention
 from .outlook_attention import (
     IMPL_ENV_VAR,
+    OUTLOOK_IMPLS,
     OutlookImplFallbackWarning,
     available_impls,
     known_impls,
@@ -32,10 +36,13 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
     outlook_triton = None
     register_unavailable_impl('triton', f'mmvolo.ops.outlook_triton failed to import ({exc})')
 
-__all__ = ['IMPL_ENV_VAR', 'OutlookImplFallbackWarning', 'available_impls', 'known_impls',
+__all__ = ['IMPL_ENV_VAR', 'OUTLOOK_IMPLS', 'OutlookImplFallbackWarning', 'available_impls',
+           'known_impls',
            'outlook_attention', 'outlook_attention_reference', 'register_outlook_impl',
            'register_unavailable_impl', 'temporary_outlook_impl', 'unregister_outlook_impl',
            'unsupported_reason',
+           # the dispatcher of every op (.dispatch)
+           'REGISTRIES', 'ImplFallbackWarning', 'ImplRegistry', 'forced_impl',
            # sliding-window token-mixer ops, impl='auto'|'reference'|'fast' (.window_utils)
            'depthwise_conv', 'involution', 'local_attention',
            # one local-aggregation op for the family (issue #23), impl='auto'|'reference'|'fast'

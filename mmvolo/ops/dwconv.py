@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .window_utils import check_kernel_size, check_tokens, resolve_impl
+from .dispatch import ImplRegistry
+from .window_utils import check_kernel_size, check_tokens
 
 OP = 'depthwise_conv'
 
@@ -65,6 +66,12 @@ def depthwise_conv_fast(x: torch.Tensor, weight: torch.Tensor,
     return out.permute(0, 2, 3, 1)
 
 
+#: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.
+DEPTHWISE_CONV_IMPLS = ImplRegistry(OP)
+DEPTHWISE_CONV_IMPLS.register('reference')(depthwise_conv_reference)
+DEPTHWISE_CONV_IMPLS.register('fast', priority=10)(depthwise_conv_fast)
+
+
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                    impl: str | None = 'auto') -> torch.Tensor:
     """Depthwise KxK convolution of channels-last tokens (module docstring: the formula).
@@ -73,16 +80,18 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         x: (B, H, W, C).
         weight: (C, 1, K, K), K odd (``nn.Conv2d(C, C, K, groups=C).weight``).
         bias: (C,) or None. Default: None.
-        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'.
+        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'; see :mod:`.dispatch`
+            (``impl=``, ``MMVOLO_<OP>_IMPL``, :func:`~mmvolo.ops.forced_impl`).
 
     Returns:
         (B, H, W, C).
     """
-    name = resolve_impl(OP, impl)
+    DEPTHWISE_CONV_IMPLS.check_name(impl)
     check_depthwise_conv_inputs(x, weight, bias)
-    fn = depthwise_conv_fast if name == 'fast' else depthwise_conv_reference
-    return fn(x, weight, bias)
+    name = DEPTHWISE_CONV_IMPLS.select(x, weight, impl=impl)
+    return DEPTHWISE_CONV_IMPLS.run(name)(x, weight, bias)
 
 
-__all__ = ['depthwise_conv', 'depthwise_conv_fast', 'depthwise_conv_reference',
+__all__ = ['DEPTHWISE_CONV_IMPLS', 'depthwise_conv', 'depthwise_conv_fast',
+           'depthwise_conv_reference',
            'check_depthwise_conv_inputs']

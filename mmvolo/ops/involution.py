@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .dispatch import ImplRegistry
 from .window_utils import (
     check_kernel_size,
     check_tokens,
     compute_dtype,
     dot_last_into,
-    resolve_impl,
     row_blocks,
     window_offsets,
 )
@@ -148,6 +148,12 @@ def involution_fast(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int = 3,
     return _InvolutionFast.apply(x, kernel, kernel_size, groups)
 
 
+#: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.
+INVOLUTION_IMPLS = ImplRegistry(OP)
+INVOLUTION_IMPLS.register('reference')(involution_reference)
+INVOLUTION_IMPLS.register('fast', priority=10)(involution_fast)
+
+
 def involution(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int = 3, groups: int = 1,
                impl: str | None = 'auto') -> torch.Tensor:
     """Involution of channels-last tokens with per-pixel kernels (module docstring: formula).
@@ -157,15 +163,17 @@ def involution(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int = 3, grou
         kernel: (B, H, W, groups*K*K), group-major (``view(B, H, W, G, K*K)``).
         kernel_size: window K, odd; padding K//2, stride 1. Default: 3.
         groups: G, kernels shared by C/G channels each. Default: 1.
-        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'.
+        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'; see :mod:`.dispatch`
+            (``impl=``, ``MMVOLO_<OP>_IMPL``, :func:`~mmvolo.ops.forced_impl`).
 
     Returns:
         (B, H, W, C), dtype of x.
     """
-    name = resolve_impl(OP, impl)
+    INVOLUTION_IMPLS.check_name(impl)
     check_involution_inputs(x, kernel, kernel_size, groups)
-    fn = involution_fast if name == 'fast' else involution_reference
-    return fn(x, kernel, kernel_size, groups)
+    name = INVOLUTION_IMPLS.select(x, kernel, impl=impl)
+    return INVOLUTION_IMPLS.run(name)(x, kernel, kernel_size, groups)
 
 
-__all__ = ['involution', 'involution_fast', 'involution_reference', 'check_involution_inputs']
+__all__ = ['INVOLUTION_IMPLS', 'involution', 'involution_fast', 'involution_reference',
+           'check_involution_inputs']

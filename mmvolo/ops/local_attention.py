@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .dispatch import ImplRegistry
 from .window_utils import (
     check_kernel_size,
     check_tokens,
     compute_dtype,
     dot_last_into,
-    resolve_impl,
     row_blocks,
     window_mask,
     window_offsets,
@@ -251,6 +251,12 @@ def local_attention_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return _LocalAttentionFast.apply(q, k, v, rel_h, rel_w, num_heads, kernel_size)
 
 
+#: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.
+LOCAL_ATTENTION_IMPLS = ImplRegistry(OP)
+LOCAL_ATTENTION_IMPLS.register('reference')(local_attention_reference)
+LOCAL_ATTENTION_IMPLS.register('fast', priority=10)(local_attention_fast)
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
                     rel_w: torch.Tensor, num_heads: int, kernel_size: int = 7,
                     impl: str | None = 'auto') -> torch.Tensor:
@@ -262,16 +268,18 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: to
         rel_h, rel_w: row / column offset embeddings, (K, d/2) each, d = C / num_heads (even).
         num_heads: heads.
         kernel_size: window K, odd; centred, stride 1. Default: 7 (the paper's).
-        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'.
+        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'; see :mod:`.dispatch`
+            (``impl=``, ``MMVOLO_<OP>_IMPL``, :func:`~mmvolo.ops.forced_impl`).
 
     Returns:
         (B, H, W, C), dtype of q.
     """
-    name = resolve_impl(OP, impl)
+    LOCAL_ATTENTION_IMPLS.check_name(impl)
     check_local_attention_inputs(q, k, v, rel_h, rel_w, num_heads, kernel_size)
-    fn = local_attention_fast if name == 'fast' else local_attention_reference
-    return fn(q, k, v, rel_h, rel_w, num_heads, kernel_size)
+    name = LOCAL_ATTENTION_IMPLS.select(q, k, v, impl=impl)
+    return LOCAL_ATTENTION_IMPLS.run(name)(q, k, v, rel_h, rel_w, num_heads, kernel_size)
 
 
-__all__ = ['local_attention', 'local_attention_fast', 'local_attention_reference',
+__all__ = ['LOCAL_ATTENTION_IMPLS', 'local_attention', 'local_attention_fast',
+           'local_attention_reference',
            'check_local_attention_inputs', 'relative_embedding']
