@@ -6,6 +6,10 @@ of lines and trains from scratch with exit code 0. Here the file is compared wit
 the config builds before training: every backbone tensor must be there with its shape
 (heads may differ: fine-tuning to other classes is what ``load_from`` is for), and the tools
 print one line of what loads.
+
+``load_from`` may be an ``http(s)://`` URL: the check downloads it once into torch.hub's cache
+(:mod:`mmvolo.download`), and the Runner's own load then reads that cached file through the
+http(s) scheme :func:`mmvolo.runtime.register_checkpoint_loader` installs.
 """
 from __future__ import annotations
 

@@ -261,7 +261,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], keep_head: bool = Fa
 
 def read_volo_state_dict(path: str | os.PathLike, ema: bool = False, trust: bool = False
                          ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Flat, official-named VOLO weights of a checkpoint file, and the unwrapping notes.
+    """Flat, official-named VOLO weights of a checkpoint file (or its ``http(s)://`` URL,
+    downloaded once into torch.hub's cache), and the unwrapping notes.
 
     Raises:
         CheckpointError: missing/corrupt/untrusted file, no EMA weights when ``ema``, or not
