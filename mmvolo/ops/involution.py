@@ -22,12 +22,10 @@ K*K)``), as the official code's ``kernel.view(b, G, K*K, h, w)`` in NCHW.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
+from .custom_op import define_op
 from .dispatch import ImplRegistry
 from .window_utils import (
     check_kernel_size,
@@ -122,30 +120,21 @@ def involution_fast_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: to
             None if grad_ker is None else grad_ker.flatten(-2).to(kernel.dtype))
 
 
-class _InvolutionFast(torch.autograd.Function):
-    """Saves x and kernel only; backward recomputes per window offset."""
+def _involution_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor,
+                         kernel_size: int, groups: int, needs: tuple[bool, ...]) -> tuple:
+    return involution_fast_backward(grad_out, x, kernel, kernel_size, groups, *needs)
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, kernel: torch.Tensor, kernel_size: int,
-                groups: int) -> torch.Tensor:
-        ctx.save_for_backward(x, kernel)
-        ctx.params = (kernel_size, groups)
-        return involution_fast_forward(x, kernel, kernel_size, groups)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        x, kernel = ctx.saved_tensors
-        need_x, need_kernel = ctx.needs_input_grad[:2]
-        grad_x, grad_kernel = involution_fast_backward(grad_out, x, kernel, *ctx.params,
-                                                       need_x, need_kernel)
-        return grad_x, grad_kernel, None, None
+#: The fast path as a differentiable custom op (:func:`~mmvolo.ops.custom_op.define_op`):
+#: saves x and kernel only; the backward recomputes per window offset.
+_involution_op = define_op('mmvolo::involution_fast', involution_fast_forward,
+                           _involution_backward, num_inputs=2)
 
 
 def involution_fast(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int = 3,
                     groups: int = 1) -> torch.Tensor:
     """Memory-light involution (see the module docstring); shapes as the reference."""
-    return _InvolutionFast.apply(x, kernel, kernel_size, groups)
+    return _involution_op(x.contiguous(), kernel.contiguous(), kernel_size, groups)
 
 
 #: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.

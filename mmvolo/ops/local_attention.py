@@ -36,12 +36,10 @@ module multiplies it by d**-0.5), so the op applies no scale of its own.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
+from .custom_op import define_op
 from .dispatch import ImplRegistry
 from .window_utils import (
     check_kernel_size,
@@ -223,32 +221,28 @@ def local_attention_fast_backward(grad_out: torch.Tensor, q: torch.Tensor, k: to
     return (*grads, grad_rel_h, grad_rel_w)
 
 
-class _LocalAttentionFast(torch.autograd.Function):
-    """Saves q, k, v, the embeddings and attn (K*K, B, H, W, heads); no unfolded tensor."""
+def _local_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          rel_h: torch.Tensor, rel_w: torch.Tensor, num_heads: int,
+                          kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, height, width, _ = q.shape
+    attn = q.new_empty((kernel_size * kernel_size, batch, height, width, num_heads),
+                       dtype=compute_dtype(q.dtype))
+    return torch.empty_like(q, memory_format=torch.contiguous_format), attn
 
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                rel_h: torch.Tensor, rel_w: torch.Tensor, num_heads: int,
-                kernel_size: int) -> torch.Tensor:
-        out, attn = local_attention_fast_forward(q, k, v, rel_h, rel_w, num_heads, kernel_size)
-        ctx.save_for_backward(q, k, v, rel_h, rel_w, attn)
-        ctx.params = (num_heads, kernel_size)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        q, k, v, rel_h, rel_w, attn = ctx.saved_tensors
-        grads = local_attention_fast_backward(grad_out, q, k, v, rel_h, rel_w, attn,
-                                              *ctx.params, needs=ctx.needs_input_grad[:5])
-        return (*grads, None, None)
+#: The fast path as a differentiable custom op (:func:`~mmvolo.ops.custom_op.define_op`):
+#: saves the inputs and the softmax weights (K*K per pixel and head).
+_local_attention_op = define_op('mmvolo::local_attention_fast', local_attention_fast_forward,
+                                local_attention_fast_backward, num_inputs=5,
+                                fake=_local_attention_fake)
 
 
 def local_attention_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          rel_h: torch.Tensor, rel_w: torch.Tensor, num_heads: int,
                          kernel_size: int = 7) -> torch.Tensor:
     """Memory-light local attention (see the module docstring); shapes as the reference."""
-    return _LocalAttentionFast.apply(q, k, v, rel_h, rel_w, num_heads, kernel_size)
+    tensors = (t.contiguous() for t in (q, k, v, rel_h, rel_w))
+    return _local_attention_op(*tensors, num_heads, kernel_size)[0]
 
 
 #: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.
