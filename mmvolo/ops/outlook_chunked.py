@@ -56,6 +56,7 @@ import torch
 
 from .custom_op import define_outlook_op
 from .outlook_attention import output_grid, register_outlook_impl
+from .tiling import compute_dtype, rows_per_block
 
 CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
 WORKERS_ENV_VAR = 'MMVOLO_OUTLOOK_WORKERS'
@@ -71,11 +72,6 @@ CHUNKS_PER_WORKER = 2
 MIN_POOL_ELEMS = 1 << 18
 #: 'auto' prefers it to the reference (any tensors), and a fused kernel to it.
 PRIORITY = 10
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 are computed in fp32; fp32/fp64 in themselves."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _padded_size(size: int, grid: int, kernel_size: int, padding: int, stride: int) -> int:
@@ -135,14 +131,12 @@ def _chunk_rows(batch: int, w: int, channels: int, kernel_size: int, stride: int
     (keeps the peak below the reference's even for small inputs) and, with worker threads,
     at least CHUNKS_PER_WORKER per worker in every phase. Setting
     $MMVOLO_OUTLOOK_CHUNK_ELEMS (elements of one chunk's unfolded values) bypasses both."""
-    per_row = max(batch * w * channels * kernel_size * kernel_size, 1)
-    override = os.environ.get(CHUNK_ENV_VAR)
-    if override:
-        return max(1, min(h, int(override) // per_row))
-    chunks = max(MIN_CHUNKS, -(-per_row * h // DEFAULT_CHUNK_ELEMS))
+    min_chunks = MIN_CHUNKS
     if workers > 1:
-        chunks = max(chunks, CHUNKS_PER_WORKER * workers * (2 if kernel_size > stride else 1))
-    return max(1, -(-h // chunks))
+        min_chunks = max(min_chunks,
+                         CHUNKS_PER_WORKER * workers * (2 if kernel_size > stride else 1))
+    return rows_per_block(h, batch * w * channels * kernel_size * kernel_size,
+                          DEFAULT_CHUNK_ELEMS, min_blocks=min_chunks, env_var=CHUNK_ENV_VAR)
 
 
 def _num_phases(rows: int, kernel_size: int, stride: int) -> int:
@@ -275,7 +269,7 @@ class _ChunkPlan:
         self.h, self.w = output_grid(height, width, stride)
         self.hp = _padded_size(height, self.h, kernel_size, padding, stride)
         self.wp = _padded_size(width, self.w, kernel_size, padding, stride)
-        self.dtype = _compute_dtype(v.dtype)
+        self.dtype = compute_dtype(v.dtype)
         self.num_heads, self.kernel_size = num_heads, kernel_size
         self.padding, self.stride = padding, stride
         self.workers = _num_workers(v.device,

@@ -17,10 +17,11 @@ Windows are centred: stride 1, padding K // 2, K odd, output shape = input shape
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator, Tuple
 
 import torch
+
+from .tiling import compute_dtype, rows_per_block  # noqa: F401  (compute_dtype: re-exported)
 
 #: ``impl=`` values every window op accepts ('auto' is 'fast').
 WINDOW_IMPLS = ('auto', 'reference', 'fast')
@@ -59,11 +60,6 @@ def check_tokens(op: str, name: str, x: torch.Tensor) -> None:
     if x.dim() != 4:
         raise ValueError(f'{op}: {name} must be channels-last (B, H, W, C), got shape '
                          f'{tuple(x.shape)}')
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 are computed in fp32 by the fast paths; fp32/fp64 in themselves."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def offset_slices(a: int, b: int, kernel_size: int, height: int, width: int,
@@ -108,13 +104,8 @@ def row_blocks(x: torch.Tensor) -> list[Tuple[int, int]]:
     $MMVOLO_WINDOW_BLOCK_ELEMS sets the elements per block without that clamp (tests).
     """
     batch, height, width, channels = x.shape
-    per_row = max(batch * width * channels, 1)
-    override = os.environ.get(BLOCK_ENV_VAR)
-    if override:
-        rows = max(1, min(height, int(override) // per_row))
-    else:
-        blocks = min(MAX_BLOCKS, max(1, -(-per_row * height // DEFAULT_BLOCK_ELEMS)))
-        rows = -(-height // blocks)
+    rows = rows_per_block(height, batch * width * channels, DEFAULT_BLOCK_ELEMS,
+                          max_blocks=MAX_BLOCKS, env_var=BLOCK_ENV_VAR)
     return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
