@@ -11,6 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from tool_helpers import run_tool_in_process
 
 import mmvolo  # noqa: F401  (registers VOLO and the optimizer constructor)
 from mmvolo.models import ARCH_ZOO
@@ -173,14 +174,11 @@ def test_d1_forward_small_input():
     assert torch.isfinite(logits).all()
 
 
-def test_print_config_resolves_bases_and_options():
-    import importlib.util
-
-    script = CONFIG_DIR.parents[1] / 'tools' / 'misc' / 'print_config.py'
-    spec = importlib.util.spec_from_file_location('print_config', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_print_config_resolves_bases_and_options(capsys):
     path = CONFIG_DIR / 'volo-d5_upernet_8xb2-160k_ade20k-512x512.py'
-    text = module.resolved_config_text(str(path), {'model.backbone.drop_path_rate': 0.5})
+    result = run_tool_in_process('misc/print_config.py', path, '--cfg-options',
+                                 'model.backbone.drop_path_rate=0.5', capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
     assert "arch='d5'" in text and 'drop_path_rate=0.5' in text
     assert "type='ADE20KDataset'" in text and 'max_iters=160000' in text

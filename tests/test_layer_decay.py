@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
+from tool_helpers import run_tool_in_process
 
 import mmvolo  # noqa: F401  (registers VOLO and the constructor)
 from mmvolo.engine import VOLOLayerDecayOptimWrapperConstructor, plan_layer_decay
@@ -216,23 +217,13 @@ def test_complexity_counts_the_outlook_matmul(tiny_cfg):
     assert reference.flops - skipped.flops == positions * window * window * channels
 
 
-def load_tool(relative: str):
-    """Import a script under tools/ as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_get_flops_cli(tiny_cfg, tmp_path, capsys):
     path = tmp_path / 'tiny.py'
     tiny_cfg.dump(str(path))
-    get_flops = load_tool('tools/analysis/get_flops.py')
-    assert get_flops.main([str(path), '--shape', '64', '96']) == 0
-    out = capsys.readouterr().out
-    assert 'Input shape: 64x96' in out and 'FLOPs' in out and 'Params' in out
+    result = run_tool_in_process('analysis/get_flops.py', path, '--shape', 64, 96, capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    assert 'Input shape: 64x96' in result.stdout
+    assert 'FLOPs' in result.stdout and 'Params' in result.stdout
 
 
 def test_first_group_is_at_the_base_lr(segmentor):

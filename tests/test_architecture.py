@@ -1,0 +1,114 @@
+"""The layers of docs/architecture.md hold: imports inside mmvolo run one way, downwards, and
+the tools are thin command lines over importable modules.
+
+The import graph is read from the source (every ``import`` / ``from ... import`` statement,
+at module level or inside functions, relative or absolute), so a late import cannot hide
+an upward edge.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / 'mmvolo'
+
+#: Layer of each top-level part of the package: a part may import its own layer and below.
+LAYERS = {
+    'version': 0, 'registry': 0, 'stack': 0, 'utils': 0, 'fileio': 0,
+    'download': 1, 'checkpoint': 1,
+    'ops': 2,
+    'models': 3, 'cls': 3,
+    'engine': 4, 'datasets': 4, 'runtime': 4,
+    'apis': 5, 'cli': 5, 'converter': 5, 'deploy': 5, 'analysis': 5, 'env': 5,
+}
+#: ``mmvolo/__init__.py`` registers the modules (models, engine): it sits above everything.
+TOP = '__init__'
+
+
+def _part(module: str) -> str:
+    """'mmvolo.ops.dispatch' -> 'ops'; 'mmvolo' -> '__init__'."""
+    parts = module.split('.')
+    return parts[1] if len(parts) > 1 else TOP
+
+
+def _module_name(path: Path) -> tuple[str, str]:
+    """(dotted module name, its package) of a file under mmvolo/."""
+    parts = list(path.relative_to(REPO).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+        return '.'.join(parts), '.'.join(parts)
+    return '.'.join(parts), '.'.join(parts[:-1])
+
+
+def _imports(path: Path) -> list[str]:
+    """Every mmvolo module ``path`` imports (absolute names)."""
+    module, package = _module_name(path)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')[:len(package.split('.')) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+                found += [target] if node.module else [f'{target}.{a.name}' for a in node.names]
+            else:
+                found.append(node.module or '')
+    return [name for name in found if name == 'mmvolo' or name.startswith('mmvolo.')]
+
+
+def _edges() -> list[tuple[str, str, str]]:
+    """(file, importer part, imported part) for every cross-part import."""
+    edges = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        module, _ = _module_name(path)
+        source = _part(module)
+        for target in _imports(path):
+            imported = _part(target)
+            if imported != source:
+                edges.append((str(path.relative_to(REPO)), source, imported))
+    return edges
+
+
+def test_every_part_has_a_layer():
+    parts = {_part(_module_name(path)[0]) for path in PACKAGE.rglob('*.py')}
+    assert parts - {TOP} <= set(LAYERS), sorted(parts - {TOP} - set(LAYERS))
+
+
+def test_imports_run_downwards():
+    upward = [f'{file}: {source} (layer {LAYERS[source]}) imports {target} (layer '
+              f'{LAYERS.get(target, "top")})'
+              for file, source, target in _edges()
+              if source != TOP and (target == TOP or LAYERS[target] > LAYERS[source])]
+    assert not upward, '\n'.join(upward)
+
+
+def test_the_import_graph_is_checked_for_real():
+    """The reader sees late and relative imports (a broken reader would pass everything)."""
+    edges = {(source, target) for _, source, target in _edges()}
+    assert ('models', 'ops') in edges  # ``from ..ops import ...`` in models/
+    assert ('runtime', 'checkpoint') in edges  # a late import inside a function
+    assert (TOP, 'models') in edges
+
+
+TOOLS = sorted(path for path in (REPO / 'tools').rglob('*.py'))
+
+
+@pytest.mark.parametrize('tool', TOOLS, ids=lambda path: str(path.relative_to(REPO)))
+def test_tools_edit_no_sys_path_and_load_no_file(tool):
+    text = tool.read_text()
+    for forbidden in ('sys.path', 'spec_from_file_location', 'runpy', 'importlib.util'):
+        assert forbidden not in text, f'{tool.name} uses {forbidden}'
+
+
+def test_tests_import_tools_only_as_commands():
+    """Tests reach a tool's code through its module in mmvolo (or run the tool as users do),
+    never by loading the script as a module."""
+    for path in sorted((REPO / 'tests').glob('*.py')):
+        if path.name == Path(__file__).name:
+            continue
+        text = path.read_text()
+        assert 'spec_from_file_location' not in text, path.name
