@@ -137,7 +137,7 @@ def _model_info(reader: _Reader, version: int) -> ModelInfo:
     test_cfg = reader.json('test_cfg')
     pad = reader.json('preprocess_test_pad') or {}
     return ModelInfo(
-        config=reader.text('mmvolo_config'), mmvolo_version=reader.text('mmvolo_version'),
+        config=reader.text('mmvolo_config'), mmvolo_version=str(reader.json('mmvolo_version')),
         opset=int(reader.json('opset')), input_size=_pair(reader.json('input_size')),
         dynamic_batch=bool(reader.json('dynamic_batch')),
         num_classes=int(reader.text('num_classes')),
