@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from .utils.errors import first_line  # noqa: F401  (also imported from here)
+
 #: HistoryBuffer's built-in statistics (what a message hub pickles by name).
 DEFAULT_STATISTICS = ('min', 'max', 'mean', 'current')
 #: First bytes of the formats ``torch.load`` and safetensors read.
@@ -163,12 +165,6 @@ def _describe_bytes(head: bytes) -> str:
 def corrupt_checkpoint(path: str, error: BaseException) -> CheckpointError:
     """The one-line error for a checkpoint that fails part-way through reading."""
     return CheckpointError(f'{path} is truncated or corrupt ({first_line(error)})')
-
-
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """First line of an error's message (at most ``limit`` characters), for one-line reports."""
-    text = str(error).strip().splitlines()
-    return text[0][:limit] if text else type(error).__name__
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:

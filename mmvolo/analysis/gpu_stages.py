@@ -50,11 +50,11 @@ from unittest import mock
 
 import torch
 
-from mmvolo.checkpoint import first_line
 from mmvolo.converter import quiet_mmengine_info
 from mmvolo.ops import available_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook_attention import IMPL_ENV_VAR, output_grid, select_impl
 from mmvolo.utils import free_port
+from mmvolo.utils.errors import one_line
 
 from . import benchmark_model as bm
 from . import benchmark_ops as bo
@@ -118,13 +118,6 @@ model = dict(backbone=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 
 
 
 # ------------------------------------------------------------------------------ helpers
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, at most ``limit`` characters."""
-    name = type(error).__name__
-    message = first_line(error, limit)
-    return (name if message == name else f'{name}: {message}')[:limit]
-
-
 def sizes(run, stage: str):
     """This run's sizes for ``stage`` (see :data:`SIZES`)."""
     return SIZES[stage]['dry' if run.dry else 'gpu']

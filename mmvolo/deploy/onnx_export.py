@@ -50,9 +50,9 @@ from mmvolo import runtime  # noqa: F401 - the stack fixes, before mmseg loads
 from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config
 from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
-from mmvolo.checkpoint import first_line
 from mmvolo.fileio import atomic_path
 from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl
+from mmvolo.utils.errors import first_line
 from mmvolo.version import __version__ as mmvolo_version
 from mmvolo_runtime.metadata import KNOWN_TRANSFORMS, ModelInfo, ResizeStep, to_props
 from mmvolo_runtime.paint import default_palette

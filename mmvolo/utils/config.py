@@ -10,6 +10,8 @@ from typing import Any
 
 from mmengine.config import Config
 
+from .errors import first_line
+
 
 class ConfigError(ValueError):
     """A config that cannot be read or merged; the message says which file and why."""
@@ -23,8 +25,6 @@ def load_config_file(path: str | os.PathLike, cfg_options: dict | None = None) -
         ConfigError: missing file, a file mmengine cannot parse, or options that do not merge
             (one line).
     """
-    from ..checkpoint import first_line
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f'config {path} not found')
