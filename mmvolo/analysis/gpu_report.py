@@ -53,11 +53,9 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -70,6 +68,7 @@ from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.fileio import write_text_atomic
 from mmvolo.stack import installed, provider
+from mmvolo.utils.signals import sigterm_raises
 
 from . import gpu_stages
 
@@ -390,21 +389,9 @@ def _cell(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ running
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> contextlib.AbstractContextManager:
     """Turn SIGTERM into :class:`Interrupted` for the block (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _terminated(signum, frame):
-        raise Interrupted('terminated (SIGTERM, e.g. the outer timeout)')
-
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return sigterm_raises(Interrupted, 'terminated (SIGTERM, e.g. the outer timeout)')
 
 
 def run_stage(stage: StageRun) -> None:
