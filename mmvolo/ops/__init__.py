@@ -8,7 +8,11 @@ registers the implementations, each from its own module: outlook attention's 're
 a failing triton never breaks ``import mmvolo``); the window ops' 'reference' and 'fast' in
 their own modules. A further implementation is one module registering itself, imported here.
 """
-from . import outlook_chunked, outlook_reference  # noqa: F401  (register themselves)
+from . import (  # noqa: F401  (register themselves)
+    outlook_chunked,
+    outlook_reference,
+    outlook_triton,  # noqa: F401  (registers 'triton', maybe as unavailable)
+)
 from .deform_aggregate import deform_aggregate
 from .dispatch import REGISTRIES, ImplFallbackWarning, ImplRegistry, forced_impl
 from .dwconv import depthwise_conv
@@ -29,12 +33,6 @@ from .outlook_attention import (
     unsupported_reason,
 )
 from .outlook_reference import outlook_attention_reference
-
-try:
-    from . import outlook_triton  # noqa: F401  (registers 'triton', maybe as unavailable)
-except Exception as exc:  # pragma: no cover - depends on the installed triton
-    outlook_triton = None
-    register_unavailable_impl('triton', f'mmvolo.ops.outlook_triton failed to import ({exc})')
 
 __all__ = ['IMPL_ENV_VAR', 'OUTLOOK_IMPLS', 'OutlookImplFallbackWarning', 'available_impls',
            'known_impls',

@@ -52,14 +52,8 @@ import torch
 
 from .custom_op import define_outlook_op
 from .outlook_attention import output_grid, register_outlook_impl, register_unavailable_impl
-
-try:
-    import triton
-    import triton.language as tl
-    HAS_TRITON, TRITON_MISSING = True, None
-except Exception as exc:  # pragma: no cover - exercised only without a working triton
-    triton = tl = None
-    HAS_TRITON, TRITON_MISSING = False, f'triton is not importable here ({exc})'
+from .triton_support import HAS_TRITON, TRITON_MISSING, is_interpreted, tl, triton
+from .triton_support import jit as _jit
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_PIXELS = 16  # pixels (or grid cells) per program on the GPU
@@ -73,10 +67,6 @@ PRIORITY = 20
 # Kernels (``_jit`` is ``triton.jit`` when triton is importable). The index arithmetic lives
 # in the jit helpers below, which each kernel calls.
 # ----------------------------------------------------------------------------------------
-
-def _jit(fn: Any) -> Any:
-    return triton.jit(fn) if HAS_TRITON else fn
-
 
 @_jit
 def _program(rows, cols, NUM_HEADS: tl.constexpr, BLOCK: tl.constexpr):
@@ -240,7 +230,7 @@ def _bwd_values_kernel(logits_ptr, lse_ptr, gout_ptr, gv_ptr, height, width, gri
 
 # True when TRITON_INTERPRET=1 was set before triton was imported: triton.jit then returns
 # interpreted kernels, which run on CPU tensors.
-INTERPRETED = HAS_TRITON and not isinstance(_fwd_kernel, triton.runtime.JITFunction)
+INTERPRETED = is_interpreted(_fwd_kernel)
 
 
 def _block() -> int:
