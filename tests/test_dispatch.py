@@ -13,7 +13,7 @@ from mmvolo.ops.dispatch import ImplRegistry, env_var_for
 from mmvolo.ops.dwconv import DEPTHWISE_CONV_IMPLS
 from mmvolo.ops.involution import INVOLUTION_IMPLS, involution, involution_reference
 from mmvolo.ops.local_attention import LOCAL_ATTENTION_IMPLS
-from mmvolo.ops.outlook_attention import OUTLOOK_IMPLS
+from mmvolo.ops.outlook import OUTLOOK_IMPLS
 
 WINDOW_OPS = [INVOLUTION_IMPLS, LOCAL_ATTENTION_IMPLS, DEPTHWISE_CONV_IMPLS]
 

@@ -34,7 +34,7 @@ from mmvolo.models.outlook_attention import OutlookAttention  # noqa: E402
 from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl  # noqa: E402
 from mmvolo.ops.impl_override import forced_outlook_impl  # noqa: E402
 from mmvolo.ops.involution import INVOLUTION_IMPLS  # noqa: E402
-from mmvolo.ops.outlook_attention import select_impl  # noqa: E402
+from mmvolo.ops.outlook import select_impl  # noqa: E402
 from mmvolo.utils.config import build_model_for_analysis  # noqa: E402
 
 # mmseg's own deprecation, raised when the in-process runs build the decode head's loss

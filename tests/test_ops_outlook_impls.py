@@ -3,7 +3,8 @@ the dispatcher that picks among them.
 
 Ladder of trust:
 1. ``literal_outlook_attention`` (tests/literal_outlook.py) is a literal transcription of
-   VOLO Eq. 3-5 (loops over output-grid cells, heads and window offsets; scalar-ish torch ops; tiny inputs only).
+   VOLO Eq. 3-5 (loops over output-grid cells, heads and window offsets; scalar-ish torch
+   ops; tiny inputs only).
 2. The reference impl equals it (values and gradients) and passes ``gradcheck`` in float64.
 3. Every other impl equals the reference: fp32 values and grads within 1e-5, fp16/bf16 within
    the tolerances in ``LOW_PRECISION_TOL`` (measured against the fp32 reference evaluated on
@@ -14,7 +15,7 @@ The Triton impl runs under Triton's interpreter, which must be switched on befor
 first imported, so its cases run in one subprocess (this file with ``--triton-worker``) and
 the parametrized tests read that subprocess's results.
 
-Dispatcher (``mmvolo.ops.outlook_attention``, which names no implementation itself):
+Dispatcher (``mmvolo.ops.outlook`` on ``mmvolo.ops.dispatch``, which names no implementation):
 ``'auto'`` is the highest-priority registered impl whose ``supports`` accepts the tensors (a
 test registers a fourth impl to show it is picked, and passed over where unsupported), and is
 logged at debug level; an explicitly requested impl (argument or env var) that cannot run -
@@ -51,7 +52,7 @@ from mmvolo.ops import (
     temporary_outlook_impl,
 )
 from mmvolo.ops.custom_op import define_outlook_op
-from mmvolo.ops.outlook_attention import select_impl
+from mmvolo.ops.outlook import select_impl
 from mmvolo.ops.outlook_chunked import (
     CHUNK_ENV_VAR,
     WORKERS_ENV_VAR,
@@ -65,7 +66,7 @@ STRIDES = [1, 2]
 HEADS = [1, 2, 3]
 LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # atol == rtol
 # the module; the package attribute of the same name is the function
-dispatcher = importlib.import_module('mmvolo.ops.outlook_attention')
+dispatcher = importlib.import_module('mmvolo.ops.outlook')
 chunked_module = importlib.import_module('mmvolo.ops.outlook_chunked')
 # (H, W, stride, heads); batch 1, head_dim 2, K=3, P=1. The interpreter pays ~0.3 s per
 # program (one per head and block of 128 pixels or cells), so several heads appear in two
@@ -470,7 +471,8 @@ def test_unavailable_optional_impl_warns_and_falls_back(fresh_warnings):
             out = outlook_attention(v, logits, 1, 3, 1, 2, impl='triton')
         torch.testing.assert_close(out, outlook_attention_reference(v, logits, 1, 3, 1, 2))
         assert select_impl(v, 'auto', logits) == 'chunked'
-    assert ('triton' in available_impls()) == (dispatcher.OUTLOOK_IMPLS.entry('triton').fn is not None)
+    triton_entry = dispatcher.OUTLOOK_IMPLS.entry('triton')
+    assert ('triton' in available_impls()) == (triton_entry.fn is not None)
 
 
 def test_triton_on_plain_cpu_falls_back(fresh_warnings):

@@ -59,7 +59,7 @@ from torch import nn
 from mmvolo.apis import UsageError
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
-from mmvolo.ops.outlook_attention import select_impl
+from mmvolo.ops.outlook import select_impl
 
 VARIANTS = {'d1': (192, 6), 'd2': (256, 8), 'd3': (256, 8), 'd4': (384, 12), 'd5': (384, 12)}
 SIZES = {'512x512': (512, 512), '1024x2048': (1024, 2048)}

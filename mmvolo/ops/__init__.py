@@ -19,7 +19,7 @@ from .dwconv import depthwise_conv
 from .involution import involution
 from .local_aggregate import local_aggregate, local_similarity
 from .local_attention import local_attention
-from .outlook_attention import (
+from .outlook import (
     IMPL_ENV_VAR,
     OUTLOOK_IMPLS,
     OutlookImplFallbackWarning,

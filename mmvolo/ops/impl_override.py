@@ -8,7 +8,7 @@ import warnings
 from typing import Any, Iterator
 
 from .dispatch import forced_impl
-from .outlook_attention import OUTLOOK_IMPLS
+from .outlook import OUTLOOK_IMPLS
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 
 from .custom_op import define_outlook_op
-from .outlook_attention import output_grid, register_outlook_impl
+from .outlook import output_grid, register_outlook_impl
 from .tiling import compute_dtype, rows_per_block
 
 CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .outlook_attention import output_grid, register_outlook_impl
+from .outlook import output_grid, register_outlook_impl
 
 PRIORITY = 0
 

@@ -51,7 +51,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from .custom_op import define_outlook_op
-from .outlook_attention import output_grid, register_outlook_impl, register_unavailable_impl
+from .outlook import output_grid, register_outlook_impl, register_unavailable_impl
 from .triton_support import HAS_TRITON, TRITON_MISSING, is_interpreted, tl, triton
 from .triton_support import jit as _jit
 
