@@ -87,6 +87,11 @@ def hash_prefix(filename: str) -> str | None:
 def resolve_checkpoint_path(path: str | os.PathLike) -> str:
     """A local path for ``path``: itself, or for a URL the cached (downloaded once) file.
 
+    In a distributed job (an initialised process group of 2+ ranks) every rank passes one
+    barrier per URL, cached or not, as mmengine's ``load_from_http`` does: rank 0 downloads
+    before it, the others read the cache after it. So all ranks must resolve the same URLs
+    (they do: model init and ``load_from`` run on every rank).
+
     Raises:
         DownloadError: the download failed (one line naming the URL and, when offline, the
             cache path to put the file at by hand), or its sha256 prefix does not match.
@@ -95,32 +100,25 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> str:
         return os.fspath(path)
     url = str(path)
     dst = cache_path(url)
-    if os.path.isfile(dst):
-        return dst
-    _download_once_per_job(url, dst)
-    return dst
-
-
-def _download_once_per_job(url: str, dst: str) -> None:
-    """Rank 0 downloads, the other ranks wait at a barrier and then read the cache (or
-    download themselves where it is not shared); without a process group: just download."""
     rank, world_size = _dist_info()
     if world_size <= 1:
-        download(url, dst)
-        return
+        if not os.path.isfile(dst):
+            download(url, dst)
+        return dst
     failure: DownloadError | None = None
-    if rank == 0:
+    if rank == 0 and not os.path.isfile(dst):
         try:
             download(url, dst)
         except DownloadError as error:  # reach the barrier anyway: the others wait there
             failure = error
     import torch.distributed
 
-    torch.distributed.barrier()
+    torch.distributed.barrier()  # unconditional: a rank that skipped it would desync the rest
     if failure is not None:
         raise failure
-    if rank > 0 and not os.path.isfile(dst):
+    if rank > 0 and not os.path.isfile(dst):  # a cache folder not shared between nodes
         download(url, dst)
+    return dst
 
 
 def _dist_info() -> tuple[int, int]:

@@ -356,6 +356,21 @@ def test_rank0_failure_still_reaches_the_barrier(torch_home, monkeypatch):
     assert calls == ['download', 'barrier']  # the other ranks are not left waiting
 
 
+@pytest.mark.parametrize('rank', [0, 1])
+def test_every_rank_passes_the_barrier_even_when_cached(torch_home, monkeypatch, rank):
+    """A rank that found the file cached and skipped the barrier would leave the others
+    waiting (or pair their barrier with its next collective)."""
+    calls: list[str] = []
+    target = Path(cache_path('http://127.0.0.1:9/x.pth'))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(tensor_file_bytes())
+    monkeypatch.setattr(download, '_dist_info', lambda: (rank, 2))
+    monkeypatch.setattr(torch.distributed, 'barrier', lambda: calls.append('barrier'))
+    monkeypatch.setattr(download, 'download', lambda *args: calls.append('download'))
+    assert resolve_checkpoint_path('http://127.0.0.1:9/x.pth') == str(target)
+    assert calls == ['barrier']
+
+
 def test_other_ranks_read_what_rank0_cached(torch_home, monkeypatch):
     calls: list[str] = []
     target = Path(cache_path('http://127.0.0.1:9/x.pth'))
@@ -426,3 +441,52 @@ def test_converter_takes_a_d1_sized_url(torch_home, server, tmp_path, capsys):
         convert_checkpoint(url, cached)
     assert Path(cached).read_bytes() == data
     assert server.requests == ['/d1_224_84.2.pth.tar']
+
+
+#: One rank of a 2-process gloo job: resolve the URL, print where it landed. Only torch and
+#: mmvolo.download are imported (a fresh interpreter each).
+RANK_SCRIPT = """
+import sys, torch.distributed as dist
+from mmvolo.download import resolve_checkpoint_path
+rank, init_file, url = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group('gloo', init_method='file://' + init_file, rank=rank, world_size=2)
+try:
+    print(resolve_checkpoint_path(url))
+finally:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow(seconds=6)
+def test_two_gloo_ranks_download_once(torch_home, server, tmp_path):
+    """A real process group: rank 0 downloads, rank 1 waits at the barrier, reads the cache."""
+    import subprocess
+    import sys
+
+    url = server.serve('shared.pth', tensor_file_bytes())
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    ranks = [subprocess.Popen([sys.executable, '-c', RANK_SCRIPT, str(rank),
+                               str(tmp_path / 'pg_init'), url], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    expected = str(cache_dir(torch_home) / 'shared.pth')
+    assert [out.strip() for out, _ in outputs] == [expected, expected]
+    assert server.requests == ['/shared.pth']
+    assert cached_files(torch_home) == ['shared.pth']
+
+
+def test_converter_cli_offline_is_one_line(torch_home, tmp_path, capsys):
+    from tool_helpers import run_tool_in_process, single_line_error
+
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    url = f'http://127.0.0.1:{port}/d1_224_84.2.pth.tar'
+    dst = tmp_path / 'out.pth'
+    result = run_tool_in_process('model_converters/volo2mmseg.py', url, dst, capsys=capsys)
+    assert result.returncode == 1
+    line = single_line_error(result)
+    assert url in line and str(cache_dir(torch_home) / 'd1_224_84.2.pth.tar') in line, line
+    assert not dst.exists() and cached_files(torch_home) == []
