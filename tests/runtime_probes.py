@@ -1,12 +1,14 @@
 """Probes of the host stack for test_runtime.py, run in a fresh interpreter per side.
 
-``python tests/runtime_probes.py guest`` never imports ``mmvolo.runtime``: what ``import
-mmvolo`` (and ``mmvolo.cls``) changes in the host, and what the stack prints without the
-runtime's fixes. ``python tests/runtime_probes.py runtime [PORT]`` imports it first: what that
-import changes, which fixes it applied, and that the stack is then quiet and whole. Each probe
-is a section whose stdout, stderr and exception are captured on their own; the script prints
-one ``PROBES <json>`` line, ``{section: {out, err, error, value}}``. One interpreter per side
-(instead of one per probe) keeps the suite's start-up cost down: each costs ~4 s of CPU.
+Run with ``MMVOLO_HOST_HOOK=0`` (it refuses otherwise): the host hook would do some of the
+runtime's fixes lazily. ``python tests/runtime_probes.py guest`` never imports
+``mmvolo.runtime``: what ``import mmvolo`` (and ``mmvolo.cls``) changes in the host, and what
+the stack prints without the runtime's fixes. ``python tests/runtime_probes.py runtime
+[PORT]`` imports it first: what that import changes, which fixes it applied, and that the
+stack is then quiet and whole. Each probe is a section whose stdout, stderr and exception are
+captured on their own; the script prints one ``PROBES <json>`` line, ``{section: {out, err,
+error, value}}``. One interpreter per side (instead of one per probe) keeps the suite's
+start-up cost down: each costs ~4 s of CPU.
 """
 from __future__ import annotations
 
@@ -187,6 +189,10 @@ def runtime_side(port: str) -> None:
 
 
 def main() -> None:
+    if os.environ.get('MMVOLO_HOST_HOOK') != '0' or '_mmvolo_host_fixes' in sys.modules or \
+            any(type(finder).__name__ == 'MmvoloHostHook' for finder in sys.meta_path):
+        sys.exit('run the probes with MMVOLO_HOST_HOOK=0: the host hook (mmvolo-host.pth) '
+                 'would supply the fixes whose absence the guest side proves')
     side = sys.argv[1]
     if side == 'guest':
         guest_side()

@@ -23,9 +23,11 @@ MMCV_LITE = 'mmvolo stand-in' in (getattr(sys.modules.get('mmcv._ext'), '__doc__
 
 def run_probes(side: str, *args: str) -> dict:
     """Run one side of tests/runtime_probes.py in a fresh interpreter: {probe: {out, err,
-    error, value}}."""
+    error, value}}. The host hook (mmvolo-host.pth) is disabled there: the probes are of
+    what ``import mmvolo`` and ``import mmvolo.runtime`` do by themselves."""
     result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'runtime_probes.py'), side,
-                             *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                             *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env=dict(os.environ, MMVOLO_HOST_HOOK='0'))
     lines = [line for line in result.stdout.splitlines() if line.startswith('PROBES ')]
     assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-4000:]
     return json.loads(lines[-1][len('PROBES '):])
