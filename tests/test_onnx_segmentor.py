@@ -111,6 +111,19 @@ def test_overlay_is_seg_local_visualizers(size):
     assert np.array_equal(actual, expected)
 
 
+def test_export_records_what_the_runtime_cannot_reproduce():
+    from mmvolo.deploy.onnx_export import test_resize
+
+    resize, why = test_resize([dict(type='LoadImageFromFile'),
+                               dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+                               dict(type='LoadAnnotations'), dict(type='PackSegInputs')])
+    assert why is None and resize.scale == (2048, 512) and resize.keep_ratio
+    _, why = test_resize([dict(type='LoadImageFromFile'), dict(type='RandomFlip', prob=1.0),
+                          dict(type='PackSegInputs')])
+    assert 'RandomFlip' in why
+    assert test_resize(None)[1] == 'the config has no test_pipeline'
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory) -> dict:
