@@ -9,6 +9,7 @@ Multi-GPU: ``tools/dist_test.sh``; slurm: ``tools/slurm_test.sh``.
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -31,6 +32,7 @@ from mmvolo.apis import (
 )
 from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.apis.launch import require_folder
+from mmvolo.apis.output_paths import check_output_folders
 from mmvolo.datasets.loader_settings import fit_persistent_workers
 
 
@@ -73,6 +75,9 @@ def main() -> None:
     for option, folder in (('--out', args.out), ('--show-dir', args.show_dir)):
         if folder is not None:
             require_folder(folder, option)
+    show_dir = args.show_dir and osp.join(cfg.work_dir, '<timestamp>', args.show_dir)
+    check_output_folders(cfg, {'--work-dir': cfg.work_dir, '--out': args.out,
+                               '--show-dir': show_dir})
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

@@ -36,6 +36,7 @@ from mmvolo.apis import (
     run_tool,
 )
 from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.apis.output_paths import check_output_folders
 from mmvolo.datasets.loader_settings import fit_persistent_workers, train_batch_size
 from mmvolo.models.single_value_bn import guard_single_value_batchnorm
 
@@ -66,6 +67,7 @@ def main() -> None:
     fit_persistent_workers(cfg, loaders)
     cfg.launcher = args.launcher
     apply_work_dir(cfg, args.config, args.work_dir)
+    check_output_folders(cfg, {'--work-dir': cfg.work_dir})
     if args.amp:
         enable_amp(cfg)
     runtime.harden_runner_cfg(cfg)
