@@ -194,6 +194,7 @@ def test_label_value_mapping_and_formatting():
                                                                                255, -1]
     assert effective_value(3, False, {3: 0}) == 0
     assert format_values({0, 1, 2, 3, 7, 255}) == '0-3, 7, 255'
+    assert format_values(range(0, 40, 2)) == '0, 2, 4, 6, 8, 10, ..., 38'
 
 
 def test_persistent_workers_follow_num_workers(toy_data):
@@ -272,7 +273,6 @@ def test_toy_cityscapes_layout(tmp_path, capsys):
 
 
 def upernet_head():
-    import mmvolo.runtime  # noqa: F401 - mmseg's models import with mmcv-lite
     from mmseg.models.decode_heads import UPerHead
 
     return UPerHead(in_channels=[8, 8, 8, 8], in_index=[0, 1, 2, 3], channels=8, num_classes=3,

@@ -386,7 +386,8 @@ def _suffix_counts(folder: str) -> list[tuple[str, int]]:
 
 
 def format_values(values: Iterable[int]) -> str:
-    """``{0, 1, 2, 3, 7, 255}`` -> ``'0-3, 7, 255'`` (runs collapsed, at most 8 items)."""
+    """``{0, 1, 2, 3, 7, 255}`` -> ``'0-3, 7, 255'`` (runs collapsed; past 8 items the first
+    6, ``...`` and the last)."""
     runs: list[list[int]] = []
     for value in sorted(values):
         if runs and value == runs[-1][1] + 1:
@@ -394,7 +395,7 @@ def format_values(values: Iterable[int]) -> str:
         else:
             runs.append([value, value])
     items = [str(a) if a == b else f'{a}-{b}' for a, b in runs]
-    return ', '.join(items[:8]) + (', ...' if len(items) > 8 else '')
+    return ', '.join(items if len(items) <= 8 else items[:6] + ['...', items[-1]])
 
 
 def format_report(report: SplitReport) -> list[str]:
