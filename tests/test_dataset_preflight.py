@@ -300,3 +300,21 @@ def test_batch_of_one_through_the_pooled_branch():
     two = [torch.randn(2, 8, 8 // 2 ** i, 8 // 2 ** i) for i in range(4)]
     assert torch.equal(head(two), guarded(two))
     assert torch.equal(head.psp_modules[0][1].bn.running_var, pooled_bn.running_var)
+
+
+def test_a_pipeline_without_labels_needs_none(toy_data, tmp_path):
+    """Inference-only test sets (no LoadAnnotations, TestTimeAug's nesting searched)."""
+    root = copy_of(toy_data, tmp_path)
+    for path in (root / 'annotations' / 'validation').iterdir():
+        path.unlink()
+    cfg = load_config(str(TOY_CONFIG), {'test_dataloader.dataset.data_root': str(root)})
+    report, = check_datasets(cfg, ['test_dataloader'])
+    assert not report.ok and 'have no annotation' in report.findings[0]
+    cfg.test_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'),
+                                            dict(type='PackSegInputs')]
+    report, = check_datasets(cfg, ['test_dataloader'])
+    assert report.ok and (report.images, report.paired, report.files_checked) == (2, 0, 2)
+    cfg.test_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(
+        type='TestTimeAug', transforms=[[dict(type='LoadAnnotations')]])]
+    report, = check_datasets(cfg, ['test_dataloader'])
+    assert not report.ok

@@ -127,11 +127,25 @@ def check_split(where: str, dataset_cfg: dict, model_cfg: dict,
     if not data_list:
         report.findings.append(_no_images(report))
     else:
-        pairs = [(info['img_path'], info.get('seg_map_path')) for info in data_list]
+        loads_labels = loads_annotations(dataset_cfg.get('pipeline'))
+        pairs = [(info['img_path'], info.get('seg_map_path') if loads_labels else None)
+                 for info in data_list]
         _check_files(report, pairs, getattr(dataset, 'label_map', None), sample,
                      decode_images)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def loads_annotations(pipeline: Any) -> bool:
+    """Whether a pipeline (TestTimeAug's nested lists included) loads label maps; one that
+    does not (inference-only test sets) needs none."""
+    if isinstance(pipeline, dict):
+        return 'LoadAnnotations' in _type_name(pipeline.get('type')) or any(
+            loads_annotations(value) for value in pipeline.values()
+            if isinstance(value, (list, tuple, dict)))
+    if isinstance(pipeline, (list, tuple)):
+        return any(loads_annotations(item) for item in pipeline)
+    return False
 
 
 def build_file_list(dataset_cfg: dict) -> tuple[Any, list[dict]]:
@@ -405,7 +419,8 @@ def format_report(report: SplitReport) -> list[str]:
              f"{report.img_dir} ('*{report.img_suffix}')"]
     if report.images:
         lines.append(f"  annotations: {report.paired} of {report.images} paired in "
-                     f"{report.seg_dir} ('*{report.seg_map_suffix}')")
+                     f"{report.seg_dir} ('*{report.seg_map_suffix}')" if report.paired or
+                     report.findings else '  annotations: none loaded by the pipeline')
         lines.append(f'  files: {report.files_checked} checked (present, non-empty, images)')
         reduced = {effective_value(value, report.reduce_zero_label, None)
                    for value in report.values} - {-1}
