@@ -55,10 +55,10 @@ if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   pip_install $torch_spec
 fi
 if [ "$stack" = onedl ]; then
-  extras="onedl,cls-onedl,det-onedl,deploy,test"
+  extras="onedl,cls-onedl,det-onedl,deploy,host-tools,test"
 else
   pip_install 'setuptools<82'  # mmengine resolves `mmseg::` bases through pkg_resources
-  extras="openmmlab,cls,det,deploy,test"
+  extras="openmmlab,cls,det,deploy,host-tools,test"
   if ! "$py" -c "import mmcv._ext" 2>/dev/null; then
     extras="lite,$extras"
   fi
@@ -74,11 +74,18 @@ fi
 if [ "$stack" != onedl ]; then
   # openmim for `mim search mmvolo` (tests/test_mim_metadata.py), with --no-deps as
   # docs/training.md says (its requirements downgrade requests/rich/tqdm in place). Not on
-  # onedl: mim 0.3.9 needs pkg_resources, which that stack's setuptools no longer has.
+  # onedl: mim 0.3.9 needs pkg_resources, which that stack's setuptools no longer has, and
+  # resolves `mim run mmseg` to the distribution mmsegmentation, offering to install upstream
+  # mmseg over the forks.
   pip_install --no-deps 'openmim==0.3.9'
   pip_install pandas tabulate colorama requests model-index
 fi
 "$py" -c "import mmvolo.runtime" || {
   echo "[mmvolo] install failed: 'import mmvolo.runtime' does not work in $venv" >&2; exit 1; }
+# the host hook (mmvolo-host.pth): mmvolo's fixes for mmseg's own tools and `mim run mmseg`,
+# which run before any plugin code (docs/training.md); `python -m mmvolo.env --remove-hook`
+# takes it out, MMVOLO_HOST_HOOK=0 disables it per process
+"$py" -m mmvolo.env --install-hook >/dev/null || {
+  echo "[mmvolo] install failed: could not install the host hook in $venv" >&2; exit 1; }
 printf '%s' "$want" > "$stamp"
 echo "[mmvolo] environment ready: $venv ($stack stack)"
