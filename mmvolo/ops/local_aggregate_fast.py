@@ -33,6 +33,7 @@ fp32, fp32/fp64 in themselves.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, List, Tuple
 
 import torch
@@ -40,14 +41,25 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .local_aggregate import Geometry, similarity_mask
-from .window_utils import compute_dtype, row_blocks
+from .window_utils import BLOCK_ENV_VAR, compute_dtype, row_blocks
 
 
-def blocks_of(geom: Geometry, elems_per_pixel: int) -> List[Tuple[int, int]]:
-    """Blocks of output rows sized by the working set per output pixel."""
-    meta = torch.empty(geom.batch, geom.out_h, geom.out_w, max(elems_per_pixel, 1),
-                       device='meta')
-    return row_blocks(meta)
+#: Elements of the per-block working set of the deformable path (its blocks are not
+#: clamped to MAX_BLOCKS: per tap it runs large gathers, whose fixed cost is small).
+DEFORM_BLOCK_ELEMS = 1 << 20
+
+
+def blocks_of(geom: Geometry, elems_per_pixel: int,
+              target: int | None = None) -> List[Tuple[int, int]]:
+    """Blocks of output rows sized by the working set per output pixel: as
+    :func:`.window_utils.row_blocks` (which $MMVOLO_WINDOW_BLOCK_ELEMS overrides), or
+    about ``target`` elements each when given (the override still wins)."""
+    per_pixel = max(elems_per_pixel, 1)
+    if target is None or os.environ.get(BLOCK_ENV_VAR):
+        meta = torch.empty(geom.batch, geom.out_h, geom.out_w, per_pixel, device='meta')
+        return row_blocks(meta)
+    rows = max(1, min(geom.out_h, target // max(geom.batch * geom.out_w * per_pixel, 1)))
+    return [(r0, min(r0 + rows, geom.out_h)) for r0 in range(0, geom.out_h, rows)]
 
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +162,8 @@ class DeformSampler:
         dev = offset.device
         self.bidx = torch.arange(geom.batch, device=dev).view(-1, 1, 1, 1)
         self.gidx = torch.arange(self.groups, device=dev)
+        self._block: Tuple[int, int] | None = None
+        self._corners: list = []
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of C/Go channels: (B*H*W*Go, C/Go)."""
@@ -160,15 +174,27 @@ class DeformSampler:
         return flat.view(g.batch, g.height, g.width, g.channels)
 
     def corners(self, r0: int, r1: int, k: int) -> list:
-        """[(flat index (N,), w, dw/dy, dw/dx)] for the 4 corners, each (B, r, Wo, Go)."""
+        """[(flat index (N,), w, dw/dy, dw/dx)] for the 4 corners of tap k, each weight
+        (B, r, Wo, Go); computed for all K*K taps of the block at once (tap-major, so a
+        tap's slice is contiguous) and kept until the block changes: the per-element ops
+        on these small tensors are then K*K times fewer."""
+        if self._block != (r0, r1):
+            self._block, self._corners = (r0, r1), self._block_corners(r0, r1)
+        return [tuple(t[k] for t in corner) for corner in self._corners]
+
+    def _block_corners(self, r0: int, r1: int) -> list:
         g = self.geom
-        a, b = divmod(k, g.kernel_size)
-        off = self.offset[:, r0:r1, :, :, k]
-        py = self.rows[r0:r1, a].view(1, -1, 1, 1) + off[..., 0]
-        px = self.cols[:, b].view(1, 1, -1, 1) + off[..., 1]
+        kk = g.taps
+        taps = torch.arange(kk)
+        off = self.offset[:, r0:r1].movedim(4, 0)  # (K*K, B, r, Wo, Go, 2)
+        rows = self.rows[r0:r1][:, taps // g.kernel_size].t()  # (K*K, r)
+        cols = self.cols[:, taps % g.kernel_size].t()  # (K*K, Wo)
+        py = rows[:, None, :, None, None] + off[..., 0]
+        px = cols[:, None, None, :, None] + off[..., 1]
         y0, x0 = py.floor(), px.floor()
         ly, lx = py - y0, px - x0
         hy, hx = 1 - ly, 1 - lx
+        bidx = self.bidx.view(1, -1, 1, 1, 1)
         out = []
         for dy, wy, dwy_sign in ((0, hy, -1), (1, ly, 1)):
             for dx, wx, dwx_sign in ((0, hx, -1), (1, lx, 1)):
@@ -176,8 +202,8 @@ class DeformSampler:
                 inside = ((cy >= 0) & (cy < g.height) & (cx >= 0) & (cx < g.width)).to(py.dtype)
                 yi = cy.clamp(0, g.height - 1).long()
                 xi = cx.clamp(0, g.width - 1).long()
-                idx = ((self.bidx * g.height + yi) * g.width + xi) * self.groups + self.gidx
-                out.append((idx.reshape(-1), wy * wx * inside, dwy_sign * wx * inside,
+                idx = ((bidx * g.height + yi) * g.width + xi) * self.groups + self.gidx
+                out.append((idx.reshape(kk, -1), wy * wx * inside, dwy_sign * wx * inside,
                             dwx_sign * wy * inside))
         return out
 
@@ -250,8 +276,10 @@ def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Ten
         out = value.new_zeros(geom.batch, geom.out_h, geom.out_w, *split)
         if static:
             attn, out = _per_channel_taps(attn, geom.channels), out.flatten(-2)
-        factor = geom.channels * (4 if offset is not None else 1)
-        for r0, r1 in blocks_of(geom, factor):
+        deform = offset is not None
+        blocks = blocks_of(geom, geom.channels * (4 if deform else 1),
+                           DEFORM_BLOCK_ELEMS if deform else None)
+        for r0, r1 in blocks:
             block = out[:, r0:r1]
             for k in range(kk):
                 s = sampler.sample(src, r0, r1, k)
@@ -318,7 +346,8 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
     else:
         grad_buf = sampler.new_grad(value) if need_v else None
         grad_off = None
-    for r0, r1 in blocks_of(geom, geom.channels * (6 if deform else 2)):
+    for r0, r1 in blocks_of(geom, geom.channels * (6 if deform else 2),
+                            DEFORM_BLOCK_ELEMS if deform else None):
         g = g_all[:, r0:r1]
         for k in range(kk):
             w = _weight_tap(attn, static, r0, r1, k)
@@ -370,8 +399,7 @@ class _AggregateFast(torch.autograd.Function):
         off = None if offset is None else offset.to(dtype)
         needs = tuple(ctx.needs_input_grad[:3])
         grad_v, grad_a, grad_off = aggregate_backward(
-            grad_out.to(dtype).contiguous(), value.to(dtype), attn, off, geom, groups, fold,
-            static, needs)
+            grad_out.to(dtype), value.to(dtype), attn, off, geom, groups, fold, static, needs)
         if grad_a is not None and normalize == 'softmax':
             grad_a = softmax_last_backward(grad_a, attn)
         cast = [None if t is None else t.to(dtype)

@@ -194,9 +194,11 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads for the run (default: as set)')
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error('--repeats must be >= 1 and --warmup >= 0')
+    if args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.error('--repeats and --threads must be >= 1 and --warmup >= 0')
     if args.dry_run:
         args.repeats, args.warmup = 1, 0
     return args
@@ -205,6 +207,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
 def main(argv: List[str] | None = None) -> List[dict]:
     args = parse_args(argv)
     shape = SHAPES['dry-run' if args.dry_run else 'small' if args.small else 'd1']
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f'local_aggregate vs dedicated ops: (B, H, W, C) = {shape}, fp32, CPU, '
           f'{torch.get_num_threads()} threads, median of {args.repeats} (warm-up '
           f'{args.warmup})')
