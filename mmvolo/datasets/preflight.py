@@ -88,7 +88,7 @@ def check_datasets(cfg: Any, dataloaders: Sequence[str],
         if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
             continue
         for where, dataset in leaf_datasets(loader['dataset'], f'{key}.dataset'):
-            identity = repr(sorted((k, repr(v)) for k, v in dataset.items() if k != 'pipeline'))
+            identity = repr(sorted((k, repr(v)) for k, v in dataset.items()))
             if identity in seen:
                 seen[identity].also.append(where)
                 continue
