@@ -16,13 +16,8 @@ Output layouts:
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import signal
-import threading
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -38,6 +33,8 @@ from .models.weights import (
     detect_arch,
     read_volo_state_dict,
 )
+from .utils.logs import quiet_mmengine_info
+from .utils.signals import Terminated, sigterm_raises  # noqa: F401  (the converter CLI's)
 
 #: Largest max-abs difference, relative to max(1, max |reference|), that --verify accepts.
 VERIFY_TOLERANCE = 1e-4
@@ -51,10 +48,6 @@ class ImageSizeError(ValueError):
 
 class OutputPathError(ValueError):
     """An output path that would destroy the input, or that is not a file path."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived inside :func:`sigterm_raises` (cleanup runs as for Ctrl-C)."""
 
 
 @dataclass
@@ -159,33 +152,6 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
         tensor = tensor.clone()
     return tensor
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread.
-
-    So a ``kill`` cleans up like Ctrl-C (``finally`` blocks such as
-    :func:`mmvolo.fileio.atomic_path`'s run); later SIGTERMs during that cleanup are
-    ignored. The previous handler is restored on exit. Outside the main thread (where
-    handlers cannot be set) this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise Terminated(f'terminated by signal {signum}')
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------------
@@ -333,20 +299,6 @@ def _max_diff(got: torch.Tensor, want: torch.Tensor) -> float:
         raise CheckpointError(f'verification: shapes differ, {tuple(got.shape)} vs '
                               f'{tuple(want.shape)}')
     return float((got.float() - want.float()).abs().max())
-
-
-@contextlib.contextmanager
-def quiet_mmengine_info() -> Iterator[None]:
-    """Hold back mmengine's INFO logs (the loaders' summaries) while verifying."""
-    from mmengine.logging import MMLogger
-
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------

@@ -89,13 +89,13 @@ def test_missing_backbone_tensors_are_refused(incomplete_file):
 def test_allow_missing_loads_the_rest_and_names_them(incomplete_file, monkeypatch):
     import logging
 
-    from mmvolo.models import volo as volo_module
+    from mmvolo.models import weights as weights_module
 
     path, dropped, state = incomplete_file
     backbone = VOLO(dict(TINY_ARCH), init_cfg=dict(type='Pretrained', checkpoint=str(path),
                                                    allow_missing=True))
     logged: list[tuple[str, int]] = []
-    monkeypatch.setattr(volo_module, 'print_log',
+    monkeypatch.setattr(weights_module, 'print_log',
                         lambda msg, **kw: logged.append((msg, kw.get('level'))))
     backbone.init_weights()
     assert [level for _, level in logged] == [logging.WARNING]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mmvolo.models.volo as volo_module
+import mmvolo.models.weights as weights_module
 from mmvolo.models import VOLO
 from mmvolo.models.token_mixer import registered_mixers
 
@@ -49,7 +49,7 @@ def test_pretrained_loads_everything_but_the_swapped_mixer(tiny_arch, tmp_path, 
     source.init_weights()
     torch.save({'state_dict': source.state_dict()}, tmp_path / 'outlook.pth')
     logged: list[str] = []
-    monkeypatch.setattr(volo_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(weights_module, 'print_log', lambda msg, **kw: logged.append(msg))
     target = VOLO(tiny_arch, token_mixer=dict(type=mixer),
                   init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'outlook.pth')))
     target.init_weights()

@@ -50,11 +50,11 @@ from unittest import mock
 
 import torch
 
-from mmvolo.converter import quiet_mmengine_info
 from mmvolo.ops import available_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook import IMPL_ENV_VAR, output_grid, select_impl
 from mmvolo.utils import free_port
 from mmvolo.utils.errors import one_line
+from mmvolo.utils.logs import quiet_mmengine_info
 
 from . import benchmark_model as bm
 from . import benchmark_ops as bo

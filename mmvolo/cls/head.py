@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.heads import ClsHead
 from mmpretrain.structures import DataSample
 
 from ..models.blocks import DEFAULT_NORM_CFG
-from ..models.weights import HEAD_KEY_PATTERN, CheckpointError, load_volo_weights
+from ..models.weights import (
+    HEAD_KEY_PATTERN,
+    CheckpointError,
+    load_volo_weights,
+    log_load_summary,
+)
 from ..registry import MODELS
 from .class_attention import ClassBlock
 
@@ -160,14 +164,12 @@ class VOLOClsHead(ClsHead):
                 'num_heads and mlp_ratio to match the checkpoint')
         result = self.load_state_dict({k: v for k, v in head.items() if k not in skipped},
                                       strict=False)
-        lines = [f'VOLOClsHead: loaded {len(head) - len(skipped)} tensors from {checkpoint}'
-                 + (f" ({', '.join(notes)})" if notes else '')]
+        details = []
         if skipped:
-            lines.append(f'  kept the initialisation of {skipped} (checkpoint has '
-                         f'{head[skipped[0]].shape[0]} classes, this head {self.num_classes})')
+            details.append(f'kept the initialisation of {skipped} (checkpoint has '
+                           f'{head[skipped[0]].shape[0]} classes, this head {self.num_classes})')
         missing = [key for key in result.missing_keys if key not in skipped]
         if missing:
-            lines.append(f'  MISSING from checkpoint: {missing}')
-        if result.unexpected_keys:
-            lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
-        print_log('\n'.join(lines), logger='current')
+            details.append(f'MISSING from checkpoint: {missing}')
+        log_load_summary('VOLOClsHead', len(head) - len(skipped), checkpoint, notes, details,
+                         result.unexpected_keys)

@@ -1,7 +1,6 @@
 """VOLO backbone for dense prediction (mmseg) and classification (mmpretrain)."""
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 import os
@@ -14,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -24,7 +22,13 @@ from .arch_zoo import resolve_arch
 from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
 from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
 from .token_mixer import DEFAULT_TOKEN_MIXER, mixer_type
-from .weights import CheckpointError, describe_state_dict, detect_arch, load_volo_weights
+from .weights import (
+    CheckpointError,
+    describe_state_dict,
+    detect_arch,
+    load_volo_weights,
+    log_load_summary,
+)
 
 #: ``network`` index of each block group: the outlookers, then three transformer groups
 #: (``network.1`` is the downsample between them).
@@ -361,26 +365,22 @@ class VOLO(BaseModule):
                 f'({_first_names(missing)}), which would stay at random init: use a complete '
                 'VOLO checkpoint, or set init_cfg=dict(type="Pretrained", checkpoint=..., '
                 'allow_missing=True) to start them from init')
-        lines = [f'VOLO: loaded {len(state_dict)} tensors from {checkpoint}'
-                 + (f" ({', '.join(notes)})" if notes else ''),
-                 f'  dropped classification-only keys: {len(report.dropped)}']
+        details = [f'dropped classification-only keys: {len(report.dropped)}']
         if mixer_keys['new']:
-            lines.append(f"  token mixer {self.token_mixer}: newly initialised "
-                         f"{len(mixer_keys['new'])} tensors (network.0.*.attn.*), "
-                         f"{len(mixer_keys['dropped'])} OutlookAttention tensors of the "
-                         'checkpoint not used')
+            details.append(f"token mixer {self.token_mixer}: newly initialised "
+                           f"{len(mixer_keys['new'])} tensors (network.0.*.attn.*), "
+                           f"{len(mixer_keys['dropped'])} OutlookAttention tensors of the "
+                           'checkpoint not used')
         if report.resized:
-            lines.append(f"  pos_embed resized {report.resized['pos_embed'][0]} -> "
-                         f"{report.resized['pos_embed'][1]}")
+            details.append(f"pos_embed resized {report.resized['pos_embed'][0]} -> "
+                           f"{report.resized['pos_embed'][1]}")
         if new_layers:
-            lines.append(f'  newly initialised pyramid layers: {len(new_layers)} tensors')
+            details.append(f'newly initialised pyramid layers: {len(new_layers)} tensors')
         if missing:  # only with allow_missing
-            lines.append(f'  MISSING from checkpoint (allow_missing=True, left at init): '
-                         f'{len(missing)} tensors: {missing}')
-        if result.unexpected_keys:
-            lines.append(f'  unexpected in checkpoint: {result.unexpected_keys}')
-        print_log('\n'.join(lines), logger='current',
-                  level=logging.WARNING if missing else logging.INFO)
+            details.append(f'MISSING from checkpoint (allow_missing=True, left at init): '
+                           f'{len(missing)} tensors: {missing}')
+        log_load_summary('VOLO', len(state_dict), checkpoint, notes, details,
+                         result.unexpected_keys, warn=bool(missing))
 
     def _swapped_mixer_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
         """With a mixer other than OutlookAttention: its own parameter names (``new``, left at

@@ -9,12 +9,14 @@ unless they are asked for.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from mmengine.logging import print_log
 
 from ..checkpoint import CheckpointError, load_checkpoint_file
 from .arch_zoo import match_arch
@@ -288,3 +290,17 @@ def load_volo_weights(path: str | os.PathLike, keep_head: bool = False, ema: boo
     state_dict, notes = read_volo_state_dict(path, ema, trust)
     converted, report = convert_state_dict(state_dict, keep_head, pos_embed_size)
     return converted, report, notes
+
+
+def log_load_summary(owner: str, loaded: int, checkpoint: str, notes: list[str],
+                     details: list[str], unexpected: list[str], warn: bool = False) -> None:
+    """The one log record of a weights load: ``OWNER: loaded N tensors from FILE (notes)``,
+    then one indented line per detail and the checkpoint's unexpected keys; WARNING level
+    when ``warn`` (something stays at init that the user asked to allow)."""
+    lines = [f'{owner}: loaded {loaded} tensors from {checkpoint}'
+             + (f" ({', '.join(notes)})" if notes else '')]
+    lines += [f'  {detail}' for detail in details]
+    if unexpected:
+        lines.append(f'  unexpected in checkpoint: {unexpected}')
+    print_log('\n'.join(lines), logger='current',
+              level=logging.WARNING if warn else logging.INFO)

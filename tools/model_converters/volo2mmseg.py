@@ -32,13 +32,12 @@ from mmvolo.apis.arguments import ToolArgumentParser
 from mmvolo.converter import (
     ImageSizeError,
     OutputPathError,
-    Terminated,
     convert_checkpoint,
-    sigterm_raises,
     summary_table,
     target_grid,
 )
 from mmvolo.models.weights import NoEmaWeightsError
+from mmvolo.utils.signals import Terminated, sigterm_raises
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,14 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(str(error)) from None
     except NoEmaWeightsError as error:
         raise UsageError(f'{error}; drop --ema') from None
-    except KeyboardInterrupt as error:
+    except (KeyboardInterrupt, Terminated) as error:
         raise interrupted(error, args.dst) from None
     except OSError as error:
         raise write_failed(error, args.dst) from None
     print(summary_table(result))
 
 
-def interrupted(error: KeyboardInterrupt, dst: str) -> UsageError:
+def interrupted(error: BaseException, dst: str) -> UsageError:
     """The error for Ctrl-C / SIGTERM; exit code 128 + the signal number, as a shell's."""
     signum = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
     return UsageError(f'interrupted by {signum.name}; {dst} not written (left as it was)',
