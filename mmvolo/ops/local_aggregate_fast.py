@@ -46,7 +46,7 @@ from .window_utils import BLOCK_ENV_VAR, compute_dtype, row_blocks
 
 #: Elements of the per-block working set of the deformable path (its blocks are not
 #: clamped to MAX_BLOCKS: per tap it runs large gathers, whose fixed cost is small).
-DEFORM_BLOCK_ELEMS = 1 << 20
+DEFORM_BLOCK_ELEMS = 1 << 19
 
 
 def blocks_of(geom: Geometry, elems_per_pixel: int,
@@ -244,6 +244,13 @@ class DeformSampler:
         return None if samples is None else samples.flatten(-2)
 
 
+def _corner_cache_elems(geom: Geometry, offset: torch.Tensor) -> int:
+    """4-byte words per output pixel of DeformSampler's corner cache: 4 corners x K*K taps x
+    Go groups x (an int64 index + 3 weights). (int32 indices would halve the index part,
+    but make ``index_add_`` 3x slower on CPU.)"""
+    return 20 * geom.taps * offset.shape[3]
+
+
 def _weight_tap(attn: torch.Tensor, static: bool, r0: int, r1: int, k: int) -> torch.Tensor:
     """A[..., k] of output rows [r0, r1) as (B, r, Wo, G, 1); static weights come per
     channel (K*K, C) (:func:`_per_channel_taps`), so tap k is the vector (C,)."""
@@ -277,8 +284,8 @@ def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Ten
         if static:
             attn, out = _per_channel_taps(attn, geom.channels), out.flatten(-2)
         deform = offset is not None
-        blocks = blocks_of(geom, geom.channels * (4 if deform else 1),
-                           DEFORM_BLOCK_ELEMS if deform else None)
+        blocks = blocks_of(geom, geom.channels * 4 + _corner_cache_elems(geom, offset),
+                           DEFORM_BLOCK_ELEMS) if deform else blocks_of(geom, geom.channels)
         for r0, r1 in blocks:
             block = out[:, r0:r1]
             for k in range(kk):
@@ -346,8 +353,9 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
     else:
         grad_buf = sampler.new_grad(value) if need_v else None
         grad_off = None
-    for r0, r1 in blocks_of(geom, geom.channels * (6 if deform else 2),
-                            DEFORM_BLOCK_ELEMS if deform else None):
+    blocks = blocks_of(geom, geom.channels * 6 + _corner_cache_elems(geom, offset),
+                       DEFORM_BLOCK_ELEMS) if deform else blocks_of(geom, geom.channels * 2)
+    for r0, r1 in blocks:
         g = g_all[:, r0:r1]
         for k in range(kk):
             w = _weight_tap(attn, static, r0, r1, k)
