@@ -114,3 +114,18 @@ def test_tests_import_tools_only_as_commands():
             continue
         text = path.read_text()
         assert 'spec_from_file_location' not in text, path.name
+
+
+@pytest.mark.parametrize('old, new, names', [
+    ('mmvolo.models.mixers', 'mmvolo.models.token_mixers', ['Involution', 'DWConvMixer']),
+    ('mmvolo.models.token_mixer', 'mmvolo.models.mixer_builder', ['build_token_mixer']),
+])
+def test_renamed_modules_still_import_with_a_deprecation_warning(old, new, names):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=old.replace('.', r'\.')):
+        module = importlib.import_module(old)
+    current = importlib.import_module(new)
+    assert all(getattr(module, name) is getattr(current, name) for name in names)

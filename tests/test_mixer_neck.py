@@ -10,7 +10,7 @@ import torch
 from test_segmentor import make_batch
 
 from mmvolo.models import MixerNeck
-from mmvolo.models.token_mixer import build_token_mixer, registered_mixers
+from mmvolo.models.mixer_builder import build_token_mixer, registered_mixers
 from mmvolo.registry import MODELS
 from mmvolo.utils import build_model_for_analysis
 

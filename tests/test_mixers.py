@@ -1,5 +1,5 @@
 """The local-attention family of token mixers: Involution, LocalSelfAttention, DWConvMixer
-(:mod:`mmvolo.models.mixers`) and their ops (:mod:`mmvolo.ops.involution`,
+(:mod:`mmvolo.models.token_mixers`) and their ops (:mod:`mmvolo.ops.involution`,
 :mod:`.local_attention`, :mod:`.dwconv`).
 
 What this pins down:
@@ -30,7 +30,7 @@ import pytest
 import torch
 from literal_mixers import literal_depthwise_conv, literal_involution, literal_local_attention
 
-from mmvolo.models.mixers import DWConvMixer, Involution, LocalSelfAttention
+from mmvolo.models.token_mixers import DWConvMixer, Involution, LocalSelfAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
 from mmvolo.ops.window_utils import BLOCK_ENV_VAR, row_blocks
 from mmvolo.registry import MODELS

@@ -8,7 +8,7 @@ import torch
 
 import mmvolo.models.weights as weights_module
 from mmvolo.models import VOLO
-from mmvolo.models.token_mixer import registered_mixers
+from mmvolo.models.mixer_builder import registered_mixers
 
 SWAPPED = [name for name in registered_mixers() if name != 'OutlookAttention']
 

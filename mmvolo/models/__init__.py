@@ -2,8 +2,8 @@
 from .arch_zoo import ARCH_ZOO, resolve_arch
 from .blocks import Outlooker, VOLOTransformerBlock
 from .mixer_neck import MixerNeck
-from .mixers import DWConvMixer, Involution, LocalSelfAttention
 from .outlook_attention import OutlookAttention
+from .token_mixers import DWConvMixer, Involution, LocalSelfAttention
 from .volo import VOLO
 
 __all__ = ['ARCH_ZOO', 'VOLO', 'MixerNeck', 'OutlookAttention', 'Outlooker',

@@ -13,7 +13,7 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 
 from ..registry import MODELS
-from .token_mixer import DEFAULT_TOKEN_MIXER, build_token_mixer, mixer_type
+from .mixer_builder import DEFAULT_TOKEN_MIXER, build_token_mixer, mixer_type
 
 #: VOLO's LayerNorm (official eps).
 DEFAULT_NORM_CFG = dict(type='LN', eps=1e-5)

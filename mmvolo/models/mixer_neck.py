@@ -10,7 +10,7 @@ from mmengine.model import BaseModule
 
 from ..registry import MODELS
 from .blocks import DEFAULT_ACT_CFG, DEFAULT_NORM_CFG, PreNormResidualBlock
-from .token_mixer import build_token_mixer
+from .mixer_builder import build_token_mixer
 
 #: The neck's default mixer: outlook attention at stride 1 (every position predicts its own
 #: window weights; the maps a neck sees are already downsampled by the backbone).
@@ -27,7 +27,7 @@ class MixerNeck(BaseModule):
         in_channels: channels of each input level, e.g. ``[96, 192, 384, 768]`` (Swin-T).
         levels: the levels that get blocks. Default: None (all).
         num_blocks: blocks per selected level. Default: 1.
-        token_mixer: mixer config (see :mod:`mmvolo.models.token_mixer`); ``embed_dims`` is
+        token_mixer: mixer config (see :mod:`mmvolo.models.mixer_builder`); ``embed_dims`` is
             each level's channels. Default: OutlookAttention, K=3, stride 1.
         head_dims: channels per head, for mixers that take ``num_heads`` and whose config
             does not set it: ``num_heads = C // head_dims``. Default: 32.

@@ -78,7 +78,7 @@ class Involution(_TokenMixer):
     ``proj`` is added so the module is a drop-in token mixer.
 
     ``num_heads`` is deliberately not an argument: a VOLO/MixerNeck config's heads are not
-    passed on (:func:`~mmvolo.models.token_mixer.build_token_mixer` passes only accepted
+    passed on (:func:`~mmvolo.models.mixer_builder.build_token_mixer` passes only accepted
     names); ``groups`` is this mixer's own knob.
 
     Args:

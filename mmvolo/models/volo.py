@@ -21,7 +21,7 @@ from ..registry import MODELS
 from .arch_zoo import resolve_arch
 from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
 from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
-from .token_mixer import DEFAULT_TOKEN_MIXER, mixer_type
+from .mixer_builder import DEFAULT_TOKEN_MIXER, mixer_type
 from .weights import (
     CheckpointError,
     describe_state_dict,
@@ -112,7 +112,7 @@ class VOLO(BaseModule):
         outlook_impl: outlook-attention implementation (see :mod:`mmvolo.ops`); None follows
             $MMVOLO_OUTLOOK_IMPL, else 'auto'. Default: None.
         token_mixer: the outlooker stage's token mixer, e.g. ``dict(type='Involution')``
-            (see :mod:`mmvolo.models.token_mixer`); every output keeps its shape. With
+            (see :mod:`mmvolo.models.mixer_builder`); every output keeps its shape. With
             ``init_cfg=Pretrained``, a mixer other than OutlookAttention starts from VOLO's
             init and everything else loads from the checkpoint. Default: None
             (OutlookAttention, the official model).
