@@ -186,7 +186,7 @@ def test_mmengine_load_checkpoint_by_url_goes_through_mmvolo(torch_home, server)
     data, state = tiny_volo_bytes()
     url = server.serve('tiny_volo.pth', data)
     loader = CheckpointLoader._get_checkpoint_loader(url)
-    assert loader.__module__ == 'mmvolo.runtime.checkpoints'
+    assert loader.__module__ == 'mmvolo.runtime.checkpoint_loader'
     assert CheckpointLoader._get_checkpoint_loader(url.replace('http', 'https')) is loader
     model = VOLO(dict(TINY_ARCH), feature_pyramid=False)
     load_checkpoint(model, url, map_location='cpu', strict=True)
@@ -335,7 +335,7 @@ def test_trust_is_given_to_a_url_explicitly_and_only_to_it(torch_home, server, t
             CheckpointLoader.load_checkpoint(other, map_location='cpu')
         assert not marker.exists()
     finally:
-        runtime.checkpoints._trusted_paths.discard(url)
+        runtime.checkpoint_loader._trusted_paths.discard(url)
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .checkpoints import is_trusted_checkpoint, register_checkpoint_loader, trust_checkpoint
+from .checkpoint_loader import is_trusted_checkpoint, register_checkpoint_loader, trust_checkpoint
 from .config_index import cache_model_index
 from .config_scope import map_mmseg_config_scope
 from .distributed import (
