@@ -216,7 +216,9 @@ def paint_overlays(cfg: Config, checkpoint: str, outputs: dict[str, str], opacit
     visualizer.dataset_meta = model.dataset_meta
     written = []
     for path, out_file in outputs.items():
-        result = _segment(model, path)
+        # numpy, not tensors: mmseg's visualizer indexes the image with ``pred == label``,
+        # which for a one-pixel tensor is read as the integer index 0 or 1 (IndexError at 1x1)
+        result = _segment(model, path).cpu().numpy()
         image = mmcv.imread(path, channel_order='rgb')
         visualizer.add_datasample(osp.basename(path), image, result, draw_gt=False,
                                   show=False,
