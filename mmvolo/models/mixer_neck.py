@@ -1,14 +1,14 @@
 """MixerNeck: Outlooker (or any token-mixer) blocks on a backbone's pyramid, before the head."""
 from __future__ import annotations
 
-import numbers
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
 from ..registry import MODELS
+from ..utils.validation import check_arg, int_at_least, is_int
 from .blocks import DEFAULT_ACT_CFG, DEFAULT_NORM_CFG, PreNormResidualBlock
 from .mixer_builder import build_token_mixer
 
@@ -49,10 +49,11 @@ class MixerNeck(BaseModule):
         if init_cfg is None:
             init_cfg = dict(type='TruncNormal', layer='Linear', std=.02, bias=0.)
         super().__init__(init_cfg=init_cfg)
-        self.in_channels = _check_channels(in_channels)
-        self.levels = _check_levels(levels, len(self.in_channels))
-        if not _is_count(num_blocks):
-            raise ValueError(f'MixerNeck num_blocks={num_blocks!r}: must be an int >= 1')
+        self.in_channels = check_arg('in_channels', in_channels, channel_list, 'MixerNeck')
+        self.levels = (list(range(len(self.in_channels))) if levels is None else
+                       check_arg('levels', levels, level_list(len(self.in_channels)),
+                                 'MixerNeck'))
+        check_arg('num_blocks', num_blocks, int_at_least(1), 'MixerNeck')
         mixer_cfg = DEFAULT_NECK_MIXER if token_mixer is None else token_mixer
         self.stages = nn.ModuleDict({
             str(level): nn.Sequential(*[
@@ -80,30 +81,28 @@ class MixerNeck(BaseModule):
 def _build_mixer(cfg: dict, channels: int, head_dims: int, level: int) -> nn.Module:
     if 'num_heads' in cfg:
         return build_token_mixer(cfg, channels)
-    if not _is_count(head_dims) or channels % head_dims:
+    if not (is_int(head_dims) and head_dims >= 1) or channels % head_dims:
         raise ValueError(f'MixerNeck level {level} has {channels} channels, not a multiple of '
                          f'head_dims={head_dims!r}; set head_dims or token_mixer.num_heads')
     return build_token_mixer(cfg, channels, num_heads=channels // head_dims)
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
-def _check_channels(in_channels: Sequence[int]) -> list[int]:
+def channel_list(in_channels: Any) -> list[int]:
+    """Rule: a non-empty list of ints >= 1 (the backbone's out_channels)."""
     if (isinstance(in_channels, (str, bytes)) or not isinstance(in_channels, Sequence)
-            or not in_channels or not all(_is_count(c) for c in in_channels)):
-        raise ValueError(f'MixerNeck in_channels={in_channels!r}: must be a non-empty list of '
-                         "ints >= 1, the backbone's out_channels")
+            or not in_channels or not all(is_int(c) and c >= 1 for c in in_channels)):
+        raise ValueError("must be a non-empty list of ints >= 1, the backbone's out_channels")
     return [int(c) for c in in_channels]
 
 
-def _check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
-    if levels is None:
-        return list(range(num_levels))
-    if (isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels
-            or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
-                       and 0 <= i < num_levels for i in levels)):
-        raise ValueError(f'MixerNeck levels={levels!r}: must be a non-empty list of level '
-                         f'indices in 0..{num_levels - 1}')
-    return sorted({int(i) for i in levels})
+def level_list(num_levels: int) -> Callable[[Any], list[int]]:
+    """Rule: a non-empty list of level indices in 0..num_levels-1 (sorted, deduplicated)."""
+
+    def rule(levels: Any) -> list[int]:
+        if (isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels
+                or not all(is_int(i) and 0 <= i < num_levels for i in levels)):
+            raise ValueError(f'must be a non-empty list of level indices in '
+                             f'0..{num_levels - 1}')
+        return sorted({int(i) for i in levels})
+
+    return rule

@@ -6,8 +6,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from ..ops import outlook_attention
+from ..ops import OUTLOOK_IMPLS, outlook_attention
 from ..registry import MODELS
+from ..utils.validation import check_arg, check_args, divisor_of, int_at_least, rate
+
+#: OutlookAttention's argument rules (:func:`mmvolo.utils.validation.check_args`).
+OUTLOOK_RULES = {
+    'embed_dims': int_at_least(1),
+    'kernel_size': int_at_least(1),
+    'padding': int_at_least(0),
+    'stride': int_at_least(1),
+    'proj_drop_rate': rate,
+}
 
 
 @MODELS.register_module()
@@ -43,9 +53,12 @@ class OutlookAttention(BaseModule):
                  channels_last: bool = True, impl: str | None = None,
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if embed_dims % num_heads:
-            raise ValueError(f'OutlookAttention: embed_dims {embed_dims} must divide by '
-                             f'num_heads {num_heads}')
+        check_args('OutlookAttention', OUTLOOK_RULES, dict(
+            embed_dims=embed_dims, kernel_size=kernel_size, padding=padding, stride=stride,
+            proj_drop_rate=proj_drop_rate))
+        check_arg('num_heads', num_heads, divisor_of(embed_dims, f'embed_dims={embed_dims}'),
+                  'OutlookAttention')
+        OUTLOOK_IMPLS.check_name(impl)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.kernel_size = kernel_size

@@ -19,6 +19,8 @@ OutlookAttention        (VOLO's; K=3, stride 2, 6 heads)                        
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
@@ -27,8 +29,16 @@ from ..ops.dispatch import ImplRegistry
 from ..ops.dwconv import DEPTHWISE_CONV_IMPLS, depthwise_conv
 from ..ops.involution import INVOLUTION_IMPLS, involution
 from ..ops.local_attention import LOCAL_ATTENTION_IMPLS, local_attention
-from ..ops.window_utils import check_kernel_size, check_stride
 from ..registry import MODELS
+from ..utils.validation import (
+    check_arg,
+    check_args,
+    divisor_of,
+    exactly,
+    int_at_least,
+    int_in,
+    odd_int,
+)
 
 #: Involution's default channels per group (the paper's ``group_channels``).
 GROUP_CHANNELS = 16
@@ -36,13 +46,41 @@ GROUP_CHANNELS = 16
 HEAD_DIMS = 32
 
 
+#: The arguments every mixer checks alike (:func:`mmvolo.utils.validation.check_args`).
+COMMON_RULES = {
+    'embed_dims': int_at_least(1),
+    'kernel_size': odd_int(),
+    'stride': exactly(1, "only stride=1 is supported (a token mixer returns its input's "
+                         'shape)'),
+}
+
+
 def _check_common(name: str, embed_dims: int, kernel_size: int, stride: int,
                   impl: str | None, impls: ImplRegistry) -> None:
-    if not isinstance(embed_dims, int) or embed_dims < 1:
-        raise ValueError(f'{name}: embed_dims must be an int >= 1, got {embed_dims!r}')
-    check_kernel_size(name, kernel_size)
-    check_stride(name, stride)
+    check_args(name, COMMON_RULES, dict(embed_dims=embed_dims, kernel_size=kernel_size,
+                                        stride=stride))
     impls.check_name(impl)
+
+
+def divisor_of_default_groups(embed_dims: int) -> int:
+    """Rule: embed_dims splits into Involution's default groups of GROUP_CHANNELS."""
+    if embed_dims % GROUP_CHANNELS:
+        raise ValueError(f'does not split into groups of {GROUP_CHANNELS} channels (the '
+                         'default); pass groups=G with embed_dims % G == 0')
+    return embed_dims
+
+
+def even_head_dim(embed_dims: int) -> Callable[[int], int]:
+    """Rule for LocalSelfAttention's num_heads: an even head dim (half row, half column)."""
+
+    def rule(num_heads: int) -> int:
+        head_dim = embed_dims // num_heads
+        if head_dim % 2:
+            raise ValueError(f'head dim {head_dim} (embed_dims / num_heads) must be even (half '
+                             'row, half column offsets); change num_heads')
+        return num_heads
+
+    return rule
 
 
 class _TokenMixer(BaseModule):
@@ -105,17 +143,11 @@ class Involution(_TokenMixer):
         name = type(self).__name__
         _check_common(name, embed_dims, kernel_size, stride, impl, INVOLUTION_IMPLS)
         if groups is None:
-            if embed_dims % GROUP_CHANNELS:
-                raise ValueError(f'{name}: embed_dims {embed_dims} does not split into groups '
-                                 f'of {GROUP_CHANNELS} channels (the default); pass groups=G '
-                                 f'with embed_dims % G == 0')
+            check_arg('embed_dims', embed_dims, divisor_of_default_groups, name)
             groups = embed_dims // GROUP_CHANNELS
-        if not isinstance(groups, int) or groups < 1 or embed_dims % groups:
-            raise ValueError(f'{name}: embed_dims {embed_dims} must divide by groups '
-                             f'{groups!r}')
-        if not isinstance(reduction, int) or not 1 <= reduction <= embed_dims:
-            raise ValueError(f'{name}: reduction must be an int in [1, embed_dims='
-                             f'{embed_dims}], got {reduction!r}')
+        groups = check_arg('groups', groups, divisor_of(embed_dims, f'embed_dims={embed_dims}'),
+                           name)
+        reduction = check_arg('reduction', reduction, int_in(1, embed_dims), name)
         self.embed_dims, self.kernel_size, self.groups = embed_dims, kernel_size, groups
         self.reduction, self.stride = reduction, stride
         self.channels_last, self.impl = channels_last, impl
@@ -172,13 +204,10 @@ class LocalSelfAttention(_TokenMixer):
         _check_common(name, embed_dims, kernel_size, stride, impl, LOCAL_ATTENTION_IMPLS)
         if num_heads is None:
             num_heads = max(1, embed_dims // HEAD_DIMS)
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dims % num_heads:
-            raise ValueError(f'{name}: embed_dims {embed_dims} must divide by num_heads '
-                             f'{num_heads!r}')
+        num_heads = check_arg('num_heads', num_heads,
+                              divisor_of(embed_dims, f'embed_dims={embed_dims}'), name)
+        check_arg('num_heads', num_heads, even_head_dim(embed_dims), name)
         head_dim = embed_dims // num_heads
-        if head_dim % 2:
-            raise ValueError(f'{name}: head dim {head_dim} (embed_dims / num_heads) must be '
-                             f'even (half row, half column offsets); change num_heads')
         self.embed_dims, self.num_heads, self.kernel_size = embed_dims, num_heads, kernel_size
         self.stride, self.channels_last, self.impl = stride, channels_last, impl
         self.scale = head_dim ** -0.5

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import MODELS
+from ..utils.validation import check_arg, check_args, is_int, rate
 from .arch_zoo import resolve_arch
 from .blocks import DEFAULT_NORM_CFG, Outlooker, VOLOTransformerBlock
 from .embed import POS_EMBED_STRIDE, Downsample, PatchEmbed, resize_pos_embed
@@ -461,19 +461,11 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
     """``img_size`` as (H, W); ints of at least :data:`POS_EMBED_STRIDE` (16)."""
-    sizes = (img_size, img_size) if _is_int(img_size) else img_size
+    sizes = (img_size, img_size) if is_int(img_size) else img_size
     if (not isinstance(sizes, Sequence) or len(sizes) != 2
-            or not all(_is_int(size) for size in sizes)):
+            or not all(is_int(size) for size in sizes)):
         raise TypeError('must be an int or a pair of ints (H, W)')
     if min(sizes) < POS_EMBED_STRIDE:
         raise ValueError(f'must be >= {POS_EMBED_STRIDE} (pos_embed has img_size // '
@@ -483,7 +475,7 @@ def check_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 def check_in_channels(in_channels: int) -> int:
     """``in_channels``: an int >= 1."""
-    if not _is_int(in_channels):
+    if not is_int(in_channels):
         raise TypeError('must be an int')
     if in_channels < 1:
         raise ValueError('must be >= 1')
@@ -492,9 +484,9 @@ def check_in_channels(in_channels: int) -> int:
 
 def check_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
     """``out_indices`` as a tuple: a non-empty selection of the 4 outputs, 0..3."""
-    indices = (out_indices,) if _is_int(out_indices) else out_indices
+    indices = (out_indices,) if is_int(out_indices) else out_indices
     if (not isinstance(indices, Sequence) or isinstance(indices, str)
-            or not all(_is_int(index) for index in indices)):
+            or not all(is_int(index) for index in indices)):
         raise TypeError('must be an int or a sequence of ints in 0..3')
     if not indices or not all(0 <= index < 4 for index in indices):
         raise ValueError('must be a non-empty subset of 0..3 (4 pyramid levels / block groups)')
@@ -503,20 +495,11 @@ def check_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
 
 def check_frozen_stages(frozen_stages: int) -> int:
     """``frozen_stages``: -1 (none) to 4 (all block groups)."""
-    if not _is_int(frozen_stages):
+    if not is_int(frozen_stages):
         raise TypeError('must be an int in -1..4')
     if not -1 <= frozen_stages <= 4:
         raise ValueError('must be in -1..4 (-1 freezes nothing, 4 every block group)')
     return int(frozen_stages)
-
-
-def check_rate(rate: float) -> float:
-    """A drop rate: a number in [0, 1)."""
-    if not _is_real(rate):
-        raise TypeError('must be a number in [0, 1)')
-    if not 0 <= rate < 1:
-        raise ValueError('must be in [0, 1)')
-    return float(rate)
 
 
 #: The checks of VOLO's constructor arguments, by name; each returns the normalised value or
@@ -526,8 +509,8 @@ VOLO_ARG_CHECKS: dict[str, Callable[[Any], Any]] = {
     'in_channels': check_in_channels,
     'out_indices': check_out_indices,
     'frozen_stages': check_frozen_stages,
-    'drop_path_rate': check_rate,
-    'attn_drop_rate': check_rate,
+    'drop_path_rate': rate,
+    'attn_drop_rate': rate,
 }
 
 
@@ -537,10 +520,7 @@ def validate_volo_arg(name: str, value: Any) -> Any:
     Raises:
         ValueError, TypeError: with the rule, e.g. ``out_indices=(0, 5): must be ...``.
     """
-    try:
-        return VOLO_ARG_CHECKS[name](value)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f'{name}={value!r}: {error}') from None
+    return check_arg(name, value, VOLO_ARG_CHECKS[name])
 
 
 def validate_volo_args(**args: Any) -> dict[str, Any]:
@@ -549,13 +529,7 @@ def validate_volo_args(**args: Any) -> dict[str, Any]:
     Raises:
         ValueError, TypeError: one line, ``VOLO <name>=<value>: <rule>``.
     """
-    checked = {}
-    for name, value in args.items():
-        try:
-            checked[name] = validate_volo_arg(name, value)
-        except (ValueError, TypeError) as error:
-            raise type(error)(f'VOLO {error}') from None
-    return checked
+    return check_args('VOLO', VOLO_ARG_CHECKS, args)
 
 
 def _autocast_accepts(x: torch.Tensor) -> bool:
