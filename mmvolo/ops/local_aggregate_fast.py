@@ -33,6 +33,7 @@ fp32, fp32/fp64 in themselves.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, List, Tuple
 
@@ -162,6 +163,7 @@ class DeformSampler:
         dev = offset.device
         self.bidx = torch.arange(geom.batch, device=dev).view(-1, 1, 1, 1)
         self.gidx = torch.arange(self.groups, device=dev)
+        self._buffers: dict = {}
         self._block: Tuple[int, int] | None = None
         self._corners: list = []
 
@@ -207,41 +209,63 @@ class DeformSampler:
                             dwx_sign * wy * inside))
         return out
 
+    def _scratch(self, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        """A buffer reused across taps and blocks (fresh allocations of these block-sized
+        tensors, 4 per tap, cost as much as the gathers: page faults)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+            buf = self._buffers[name] = like.new_empty(numel)
+        return buf[:numel].view(shape)
+
     def sample(self, flat: torch.Tensor, r0: int, r1: int, k: int) -> torch.Tensor:
-        """(B, r, Wo, C) bilinear samples of tap k."""
+        """(B, r, Wo, C) bilinear samples of tap k, in a scratch buffer valid until the
+        next call."""
         shape = (self.geom.batch, r1 - r0, self.geom.out_w, self.groups, flat.shape[-1])
-        out = None
-        for idx, w, _, _ in self.corners(r0, r1, k):
-            vals = flat.index_select(0, idx).view(shape)
-            out = vals.mul_(w[..., None]) if out is None else out.addcmul_(vals, w[..., None])
-        return out.flatten(-2)
+        acc = self._scratch('samples', shape, flat)
+        vals = self._scratch('vals', (math.prod(shape[:-1]), shape[-1]), flat)
+        for i, (idx, w, _, _) in enumerate(self.corners(r0, r1, k)):
+            torch.index_select(flat, 0, idx, out=vals)
+            if i == 0:
+                torch.mul(vals.view(shape), w[..., None], out=acc)
+            else:
+                acc.addcmul_(vals.view(shape), w[..., None])
+        return acc.view(*shape[:3], -1)
 
     def backward_tap(self, flat: torch.Tensor, grad_flat: torch.Tensor | None,
                      grad_offset: torch.Tensor | None, r0: int, r1: int, k: int,
                      gs: torch.Tensor, need_samples: bool) -> torch.Tensor | None:
         """Scatter gs (B, r, Wo, C) = d loss / d samples into grad_flat, accumulate the
-        offset gradient of tap k; return the samples when ``need_samples``."""
+        offset gradient of tap k; return the samples when ``need_samples`` (in a scratch
+        buffer, valid until the next call)."""
         shape = (self.geom.batch, r1 - r0, self.geom.out_w, self.groups, flat.shape[-1])
+        rows = math.prod(shape[:-1])
         gs = gs.reshape(shape)
-        samples = None
+        vals = self._scratch('vals', (rows, shape[-1]), flat).view(shape)
+        prod = self._scratch('prod', shape, flat)
+        samples = self._scratch('samples', shape, flat) if need_samples else None
         gy = gx = None
-        for idx, w, dwy, dwx in self.corners(r0, r1, k):
+        for i, (idx, w, dwy, dwx) in enumerate(self.corners(r0, r1, k)):
             if grad_flat is not None:
-                grad_flat.index_add_(0, idx, (gs * w[..., None]).reshape(-1, shape[-1]))
+                torch.mul(gs, w[..., None], out=prod)
+                grad_flat.index_add_(0, idx, prod.view(rows, -1))
             if grad_offset is None and not need_samples:
                 continue
-            vals = flat.index_select(0, idx).view(shape)
+            torch.index_select(flat, 0, idx, out=vals.view(rows, -1))
             if grad_offset is not None:
-                dot = (gs * vals).sum(-1)
+                torch.mul(gs, vals, out=prod)
+                dot = prod.sum(-1)
                 gy = dot * dwy if gy is None else gy.addcmul_(dot, dwy)
                 gx = dot * dwx if gx is None else gx.addcmul_(dot, dwx)
             if need_samples:
-                samples = vals.mul_(w[..., None]) if samples is None else \
+                if i == 0:
+                    torch.mul(vals, w[..., None], out=samples)
+                else:
                     samples.addcmul_(vals, w[..., None])
         if grad_offset is not None:
             grad_offset[:, r0:r1, :, :, k, 0] = gy
             grad_offset[:, r0:r1, :, :, k, 1] = gx
-        return None if samples is None else samples.flatten(-2)
+        return None if samples is None else samples.view(*shape[:3], -1)
 
 
 def _corner_cache_elems(geom: Geometry, offset: torch.Tensor) -> int:
