@@ -253,7 +253,6 @@ def local_aggregate_reference(value: torch.Tensor, weight: torch.Tensor, geom: G
     y = (attn @ samples[..., None]).squeeze(-1)  # (B, Ho, Wo, C, K*K): k_out
     rows, row_in = geom.tap_index('h')
     cols, col_in = geom.tap_index('w')
-    k = geom.kernel_size
     pos = (rows.clamp(0, geom.height - 1)[:, None, :, None] * geom.width
            + cols.clamp(0, geom.width - 1)[None, :, None, :])  # (Ho, Wo, K, K)
     keep = (row_in[:, None, :, None] & col_in[None, :, None, :]).reshape(-1)
