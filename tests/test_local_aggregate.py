@@ -344,7 +344,7 @@ def test_volo_outlook_through_aggregate_equals_outlook_attention():
     want = value_and_grads(lambda v, lg: outlook_attention(v, lg, heads, 3, 1, 2,
                                                            impl='reference'), [v, logits])
     for impl in IMPLS:
-        got = value_and_grads(lambda v, lg: outlook_via_aggregate(v, lg, heads, 3, 1, 2, impl),
+        got = value_and_grads(lambda v, lg, i=impl: outlook_via_aggregate(v, lg, heads, 3, 1, 2, i),
                               [v, logits])
         assert max(max_err(got, want)) <= 1e-6, (impl, max_err(got, want))
 

@@ -44,7 +44,6 @@ from torch.autograd.function import once_differentiable
 from .local_aggregate import Geometry, similarity_mask
 from .window_utils import BLOCK_ENV_VAR, compute_dtype, row_blocks
 
-
 #: Elements of the per-block working set of the deformable path (its blocks are not
 #: clamped to MAX_BLOCKS: per tap it runs large gathers, whose fixed cost is small).
 DEFORM_BLOCK_ELEMS = 1 << 19
