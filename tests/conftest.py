@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import mmvolo.runtime  # noqa: F401  (tests build mmseg models, as the tools do: stack fixes)
+from mmvolo.models.arch_zoo import TINY_ARCH as ARCH_TINY
 
 os.environ.setdefault('MMVOLO_OUTLOOK_IMPL', 'auto')
 
-#: A VOLO small enough for fast CPU tests (same structure as D1).
-TINY_ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 2, 2, 2),
-                 stem_hidden_dims=8)
+#: A VOLO small enough for fast CPU tests (same structure as D1): the package's own.
+TINY_ARCH = dict(ARCH_TINY)
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,6 @@ tolerances; the fast path is deterministic and independent of its row blocking.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -739,11 +738,8 @@ def test_deform_and_similarity_bad_arguments():
 
 
 def _load_benchmark():
-    path = REPO / 'tools' / 'analysis' / 'benchmark_local_aggregate.py'
-    spec = importlib.util.spec_from_file_location('benchmark_local_aggregate', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from mmvolo.analysis import benchmark_local_aggregate
+    return benchmark_local_aggregate
 
 
 @pytest.mark.slow(seconds=6)

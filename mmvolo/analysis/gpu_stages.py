@@ -50,6 +50,7 @@ from unittest import mock
 
 import torch
 
+from mmvolo.models.arch_zoo import TINY_ARCH
 from mmvolo.ops import available_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook import IMPL_ENV_VAR, output_grid, select_impl
 from mmvolo.utils import free_port
@@ -89,8 +90,7 @@ H200_COPY_GBPS = 4800.0
 BACKBONE_INPUT = (1, 3, 97, 129)
 #: fp32 through D1's 18 blocks on two devices: reductions of up to 1536 terms in other orders.
 BACKBONE_TOL = 1e-4
-DRY_ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 2, 2, 2),
-                stem_hidden_dims=8)
+DRY_ARCH = TINY_ARCH
 
 # training
 TOY_CONFIG = ROOT / 'configs' / 'volo' / 'volo-toy_upernet_1xb2-800iter_toy-64x64.py'

@@ -20,6 +20,10 @@ ARCH_ZOO: dict[str, dict[str, Any]] = {
                num_heads=(12, 16, 16, 16), mlp_ratio=4., stem_hidden_dims=128),
 }
 
+#: A VOLO of D1's structure small enough for CPU tests and dry runs (one block per group).
+TINY_ARCH: dict[str, Any] = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32),
+                                 num_heads=(2, 2, 2, 2), stem_hidden_dims=8)
+
 _REQUIRED_KEYS = ('layers', 'embed_dims', 'num_heads')
 _DEFAULTS = dict(mlp_ratio=3., stem_hidden_dims=64)
 

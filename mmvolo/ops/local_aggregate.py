@@ -61,7 +61,8 @@ from typing import Tuple
 
 import torch
 
-from .window_utils import check_kernel_size, check_tokens, resolve_impl
+from .dispatch import ImplRegistry
+from .window_utils import check_kernel_size, check_tokens
 
 OP = 'local_aggregate'
 SIM_OP = 'local_similarity'
@@ -283,19 +284,17 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int,
         normalize: None, or 'softmax' over the K*K taps (k_in with ``fold``).
         fold: scatter each window's K*K outputs back onto the input grid (outlook).
         boundary: 'zeros' (zero padding) or 'clamp' (windows kept inside the image).
-        impl: 'auto' (= 'fast', the default), 'fast' or 'reference'.
+        impl: 'auto' (= 'fast', the default), 'fast' or 'reference' (:mod:`.dispatch`).
 
     Returns:
         (B, Ho, Wo, C), or (B, H, W, C) with ``fold``; dtype of ``value``.
     """
-    name = resolve_impl(OP, impl)
+    LOCAL_AGGREGATE_IMPLS.check_name(impl)
     geom = make_geometry(OP, value, kernel_size, stride, padding, dilation, boundary)
     static, _ = check_aggregate_inputs(geom, weight, groups, offset, normalize, fold)
-    if name == 'reference':
-        out = local_aggregate_reference(value, weight, geom, groups, offset, normalize, fold)
-        return out.to(value.dtype)
-    from .local_aggregate_fast import local_aggregate_fast
-    return local_aggregate_fast(value, weight, geom, groups, offset, normalize, fold, static)
+    name = LOCAL_AGGREGATE_IMPLS.select(value, weight, impl=impl)
+    return LOCAL_AGGREGATE_IMPLS.run(name)(value, weight, geom, groups, offset, normalize,
+                                           fold, static)
 
 
 def local_similarity(query: torch.Tensor, key: torch.Tensor, kernel_size: int,
@@ -321,7 +320,7 @@ def local_similarity(query: torch.Tensor, key: torch.Tensor, kernel_size: int,
     Returns:
         (B, H, W, G, K*K) logits in query's dtype, the layout of ``local_aggregate``'s weight.
     """
-    name = resolve_impl(SIM_OP, impl)
+    LOCAL_SIMILARITY_IMPLS.check_name(impl)
     check_tokens(SIM_OP, 'query', query)
     check_kernel_size(SIM_OP, kernel_size)
     if not isinstance(dilation, int) or dilation < 1:
@@ -333,13 +332,42 @@ def local_similarity(query: torch.Tensor, key: torch.Tensor, kernel_size: int,
                          boundary)
     _groups_of(SIM_OP, 'groups', groups, geom.channels)
     scale = (geom.channels // groups) ** -0.5 if scale is None else float(scale)
-    if name == 'reference':
-        samples = reference_samples(key, geom, None, groups)  # (B, H, W, G, K*K, d)
-        q = query.unflatten(-1, (groups, geom.channels // groups)).to(samples.dtype)
-        logits = (samples * q[..., None, :]).sum(-1) * scale
-        return logits.masked_fill(~similarity_mask(geom), float('-inf')).to(query.dtype)
-    from .local_aggregate_fast import local_similarity_fast
-    return local_similarity_fast(query, key, geom, groups, scale)
+    name = LOCAL_SIMILARITY_IMPLS.select(query, key, impl=impl)
+    return LOCAL_SIMILARITY_IMPLS.run(name)(query, key, geom, groups, scale)
+
+
+def _similarity_reference(query: torch.Tensor, key: torch.Tensor, geom: Geometry, groups: int,
+                          scale: float) -> torch.Tensor:
+    samples = reference_samples(key, geom, None, groups)  # (B, H, W, G, K*K, d)
+    q = query.unflatten(-1, (groups, geom.channels // groups)).to(samples.dtype)
+    logits = (samples * q[..., None, :]).sum(-1) * scale
+    return logits.masked_fill(~similarity_mask(geom), float('-inf')).to(query.dtype)
+
+
+def _similarity_fast(*args: object) -> torch.Tensor:
+    from .local_aggregate_fast import local_similarity_fast  # imports this module
+    return local_similarity_fast(*args)
+
+
+def _aggregate_reference(value: torch.Tensor, weight: torch.Tensor, geom: Geometry,
+                         groups: int, offset: torch.Tensor | None, normalize: str | None,
+                         fold: bool, static: bool) -> torch.Tensor:
+    out = local_aggregate_reference(value, weight, geom, groups, offset, normalize, fold)
+    return out.to(value.dtype)
+
+
+def _aggregate_fast(*args: object) -> torch.Tensor:
+    from .local_aggregate_fast import local_aggregate_fast  # imports this module
+    return local_aggregate_fast(*args)
+
+
+#: The implementations of the two ops (:mod:`.dispatch`): 'fast' is the 'auto' choice.
+LOCAL_AGGREGATE_IMPLS = ImplRegistry(OP)
+LOCAL_AGGREGATE_IMPLS.register('reference')(_aggregate_reference)
+LOCAL_AGGREGATE_IMPLS.register('fast', priority=10)(_aggregate_fast)
+LOCAL_SIMILARITY_IMPLS = ImplRegistry(SIM_OP)
+LOCAL_SIMILARITY_IMPLS.register('reference')(_similarity_reference)
+LOCAL_SIMILARITY_IMPLS.register('fast', priority=10)(_similarity_fast)
 
 
 def similarity_mask(geom: Geometry) -> torch.Tensor:

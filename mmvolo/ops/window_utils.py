@@ -23,22 +23,10 @@ import torch
 
 from .tiling import compute_dtype, rows_per_block  # noqa: F401  (compute_dtype: re-exported)
 
-#: ``impl=`` values every window op accepts ('auto' is 'fast').
-WINDOW_IMPLS = ('auto', 'reference', 'fast')
 #: Elements of the input per row block of the fast paths (see :func:`row_blocks`).
 BLOCK_ENV_VAR = 'MMVOLO_WINDOW_BLOCK_ELEMS'
 DEFAULT_BLOCK_ELEMS = 1 << 21
 MAX_BLOCKS = 8
-
-
-def resolve_impl(op: str, impl: str | None) -> str:
-    """'reference' or 'fast' for ``impl`` (None and 'auto' mean 'fast'); one-line ValueError
-    for anything else."""
-    if impl is None or impl == 'auto':
-        return 'fast'
-    if impl not in WINDOW_IMPLS:
-        raise ValueError(f"{op}: unknown impl {impl!r}; use one of {', '.join(WINDOW_IMPLS)}")
-    return impl
 
 
 def check_kernel_size(op: str, kernel_size: int) -> None:
