@@ -14,6 +14,8 @@ import torch
 from mmengine.config import Config
 
 from mmvolo import runtime
+from mmvolo.runtime.distributed import _export_mpi_env as export_mpi_env
+from mmvolo.runtime.distributed import _export_slurm_env as export_slurm_env
 from mmvolo.stack import provider
 from mmvolo.utils import free_port
 
@@ -196,7 +198,7 @@ def test_slurm_env_is_exported(monkeypatch):
     monkeypatch.setenv('SLURM_NTASKS', '8')
     monkeypatch.setenv('SLURM_LOCALID', '1')
     monkeypatch.setenv('SLURM_NODELIST', 'node-[01-02]')
-    runtime._export_slurm_env()
+    export_slurm_env()
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('3', '8', '1')
     assert os.environ['MASTER_ADDR'] == 'node-01'
@@ -259,7 +261,7 @@ def test_mpi_environment_is_exported(monkeypatch):
     monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '3')
     monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
     monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
-    runtime._export_mpi_env()
+    export_mpi_env()
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('3', '4', '1')
     assert os.environ['MASTER_ADDR'] and os.environ['MASTER_PORT'] == '29500'

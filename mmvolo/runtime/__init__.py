@@ -8,15 +8,25 @@ imported: mmvolo's tools import it, and mmvolo's configs list it in ``custom_imp
 so mmseg's own ``tools/train.py`` and ``mim train mmseg`` get the same fixes. Importing it
 applies :func:`apply` (once); the distributed and config fixes are functions the tools call.
 Each fix is one function with its reason in its docstring and a test in
-``tests/test_runtime.py``:
+``tests/test_runtime.py``. :func:`apply` installs, where the installed stack needs them (each
+checks; :data:`ACTIVE_FIXES` and ``python -m mmvolo.env`` say which ran):
 
-1. :func:`install_mmcv_ext_standin`: mmcv-lite has no compiled ops; mmseg imports them.
-2. :func:`silence_unactionable_warnings`, :func:`filter_unactionable_log_records`: noise.
-3. :func:`register_checkpoint_loader`: weights-only loading that still resumes the Runner.
-4. :func:`init_cpu_process_group`, :func:`adapt_cfg_to_cpu`, :func:`shutdown_process_group`:
-   distributed training without CUDA.
-5. :func:`harden_runner_cfg`: atomic checkpoints and exact resume for any config.
-6. :func:`cache_model_index`: ``pkg::`` config bases without re-reading the model index.
+1. ``quiet-warnings`` / ``quiet-log-records`` (:func:`silence_unactionable_warnings`,
+   :func:`filter_unactionable_log_records`): noise nobody can act on.
+2. ``mmcv-ext-standin`` (:func:`install_mmcv_ext_standin`): mmcv-lite has no compiled ops;
+   mmseg 1.2 imports them unguarded.
+3. ``torchvision-mmcv-ops``: with that stand-in, ``nms`` / ``roi_align`` for detection from
+   torchvision.
+4. ``mmseg-config-scope`` (:func:`map_mmseg_config_scope`): onedl's ``mmseg::`` bases.
+5. ``config-index-cache`` (:func:`cache_model_index`): ``pkg::`` bases without re-reading the
+   model index.
+6. ``quiet-onedl-notice``: onedl-mmsegmentation's "Could not import OneDL" prints.
+7. ``weights-only-checkpoint-loader`` (:func:`register_checkpoint_loader`): mmengine's loading
+   through mmvolo's one loader and trust rule, local files and URLs.
+
+The tools call the rest: :func:`init_cpu_process_group`, :func:`adapt_cfg_to_cpu`,
+:func:`shutdown_process_group` (distributed training without CUDA) and
+:func:`harden_runner_cfg` (atomic checkpoints and exact resume for any config).
 
 One submodule per fix family; this package re-exports them.
 """
@@ -28,8 +38,6 @@ from .checkpoint_loader import is_trusted_checkpoint, register_checkpoint_loader
 from .config_index import cache_model_index
 from .config_scope import map_mmseg_config_scope
 from .distributed import (
-    _export_mpi_env,
-    _export_slurm_env,
     adapt_cfg_to_cpu,
     first_slurm_host,
     init_cpu_process_group,
@@ -49,8 +57,7 @@ __all__ = ['UNACTIONABLE_LOG_MESSAGES', 'adapt_cfg_to_cpu', 'apply', 'cache_mode
            'init_cpu_process_group', 'install_mmcv_ext_standin', 'is_trusted_checkpoint',
            'ACTIVE_FIXES', 'map_mmseg_config_scope',
            'register_checkpoint_loader', 'shutdown_process_group',
-           'silence_unactionable_warnings', 'trust_checkpoint', '_export_mpi_env',
-           '_export_slurm_env']
+           'silence_unactionable_warnings', 'trust_checkpoint']
 
 #: The import-time fixes in force in this process: name -> why this stack needs it.
 ACTIVE_FIXES: dict[str, str] = {}
