@@ -38,9 +38,10 @@ import textwrap
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'

@@ -36,7 +36,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO, Callable
 
 from .checkpoint import ZIP_MAGIC, CheckpointError
 from .fileio import atomic_path
@@ -208,8 +209,7 @@ def _progress_bar(url: str, total: int | None, show: bool) -> Iterator[Callable[
         yield lambda _: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     progress = Progress(TextColumn('{task.description}'), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), console=Console(file=sys.stderr))

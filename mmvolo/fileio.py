@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mmengine.fileio import LocalBackend, register_backend
 

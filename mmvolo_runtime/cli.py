@@ -19,7 +19,6 @@ import os.path as osp
 import sys
 import tempfile
 from collections import defaultdict
-from typing import Dict, List
 
 import cv2
 import numpy as np
@@ -39,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f'{message} (see --help)')
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(description='Segment images with an mmvolo ONNX export (onnxruntime; '
                      'no torch needed)')
     parser.add_argument('model', help='the .onnx file from tools/deploy/export_onnx.py')
@@ -58,10 +57,10 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def list_images(inputs: List[str]) -> List[str]:
+def list_images(inputs: list[str]) -> list[str]:
     """The image files named by ``inputs`` (files as given, folders' images sorted), each
     once; a file that is not an image, or a missing input, is one line."""
-    images: List[str] = []
+    images: list[str] = []
     for item in inputs:
         if osp.isdir(item):
             images += sorted(osp.join(item, name) for name in os.listdir(item)
@@ -81,9 +80,9 @@ def list_images(inputs: List[str]) -> List[str]:
     return [path for path in images if unique[osp.realpath(path)] == path]
 
 
-def output_stems(images: List[str]) -> Dict[str, str]:
+def output_stems(images: list[str]) -> dict[str, str]:
     """{image: output stem}; two images with one stem (``a/x.jpg``, ``b/x.png``) are refused."""
-    by_stem: Dict[str, List[str]] = defaultdict(list)
+    by_stem: dict[str, list[str]] = defaultdict(list)
     for path in images:
         by_stem[osp.splitext(osp.basename(path))[0]].append(path)
     for stem, paths in by_stem.items():
@@ -93,7 +92,7 @@ def output_stems(images: List[str]) -> Dict[str, str]:
     return {paths[0]: stem for stem, paths in by_stem.items()}
 
 
-def check_out_dir(out_dir: str, images: List[str]) -> None:
+def check_out_dir(out_dir: str, images: list[str]) -> None:
     """Refuse an output folder that is a file, or that is or contains an input's folder."""
     if osp.exists(out_dir) and not osp.isdir(out_dir):
         raise UsageError(f'--out-dir {out_dir} is a file; pass a folder')
@@ -151,7 +150,7 @@ def _umask() -> int:
     return mask
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not 0 <= args.opacity <= 1:
         raise UsageError(f'--opacity must be within 0..1, got {args.opacity}')

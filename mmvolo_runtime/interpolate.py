@@ -6,13 +6,11 @@ case, nor with ``align_corners=True``, so this is the PyTorch formula, separable
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
 
 def source_weights(in_size: int, out_size: int, align_corners: bool
-                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each output index: the two source indices and the weight of the second (float32).
 
     PyTorch: ``src = (dst + 0.5) * in / out - 0.5`` clamped at 0, or with ``align_corners``

@@ -13,8 +13,8 @@ one to reproduce the model; a runtime refuses files newer than it knows.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Tuple
 
 #: The version of the metadata format written by this mmvolo (``mmvolo_metadata_version``).
 METADATA_VERSION = 1
@@ -24,7 +24,7 @@ KNOWN_TRANSFORMS = ('LoadImageFromFile', 'LoadAnnotations', 'Resize', 'PackSegIn
 #: mmcv's interpolation names -> OpenCV's flags (cv2.INTER_*), as mmcv.imresize maps them.
 INTERPOLATIONS = {'nearest': 0, 'bilinear': 1, 'bicubic': 2, 'area': 3, 'lanczos': 4}
 
-Pair = Tuple[int, int]
+Pair = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class ModelInfo:
     num_classes: int
     out_channels: int
     threshold: float | None
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     bgr_to_rgb: bool
     pad_val: float
     seg_pad_val: float
@@ -65,8 +65,8 @@ class ModelInfo:
     crop_size: Pair | None
     stride: Pair | None
     align_corners: bool
-    classes: Tuple[str, ...]
-    palette: Tuple[Tuple[int, int, int], ...]
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
     unsupported: str | None = None
     version: int = METADATA_VERSION
 

@@ -7,7 +7,7 @@ result is ``(image * (1 - opacity) + mask * opacity).astype(uint8)`` over the wh
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -17,7 +17,7 @@ MIN_SIZE_FOR_LABELS = 128
 
 
 def paint_overlay(image_rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                  palette: Sequence[Tuple[int, int, int]], opacity: float,
+                  palette: Sequence[tuple[int, int, int]], opacity: float,
                   with_labels: bool | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB + (H, W) class ids -> (H, W, 3) uint8 RGB overlay."""
     if with_labels is None:
@@ -52,7 +52,7 @@ def _draw_names(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, colors: l
     return mask
 
 
-def _center(region: np.ndarray) -> Tuple[int, int]:
+def _center(region: np.ndarray) -> tuple[int, int]:
     """SegLocalVisualizer's label spot: the middle pixel of the row holding most pixels."""
     loc = np.argwhere(region)  # row-major order, as its sorted() gives
     rows, counts = np.unique(loc[:, 0], return_counts=True)

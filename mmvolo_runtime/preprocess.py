@@ -6,14 +6,12 @@ mmseg's ``inference_model`` runs the config's test pipeline (mmcv ``Resize``) an
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import cv2
 import numpy as np
 
 from .metadata import INTERPOLATIONS, ResizeStep
 
-Pair = Tuple[int, int]
+Pair = tuple[int, int]
 
 
 def rescale_size(height: int, width: int, scale: Pair) -> Pair:

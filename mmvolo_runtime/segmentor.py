@@ -23,8 +23,8 @@ near it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from .metadata import INTERPOLATIONS, MetadataError, ModelInfo, from_props
 from .preprocess import normalise, pad_to, resize_image, resized_shape, test_padded_shape
 from .windows import slide_windows
 
-Pair = Tuple[int, int]
+Pair = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class OnnxSegmentor:
         return Plan((height, width), resized, padded, exact)
 
     # ------------------------------------------------------------------------ inference
-    def predict(self, image_bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def predict(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 BGR -> labels (H, W) (uint8, uint16 beyond 256 classes) and
         logits (out_channels, H, W) float32, as mmseg's inference of the exported config."""
         image = self._checked_image(image_bgr)

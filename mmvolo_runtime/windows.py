@@ -1,13 +1,11 @@
 """mmseg's sliding-window grid (``EncoderDecoder.slide_inference``)."""
 from __future__ import annotations
 
-from typing import List, Tuple
-
-Window = Tuple[int, int, int, int]  # y1, y2, x1, x2
+Window = tuple[int, int, int, int]  # y1, y2, x1, x2
 
 
-def slide_windows(height: int, width: int, crop: Tuple[int, int],
-                  stride: Tuple[int, int]) -> List[Window]:
+def slide_windows(height: int, width: int, crop: tuple[int, int],
+                  stride: tuple[int, int]) -> list[Window]:
     """The windows ``(y1, y2, x1, x2)`` over an ``height x width`` image, in mmseg's order.
 
     ``h_grids = max(H - h_crop + h_stride - 1, 0) // h_stride + 1`` rows (likewise columns); a

@@ -7,8 +7,9 @@ import importlib
 import math
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch

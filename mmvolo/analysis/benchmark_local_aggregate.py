@@ -28,7 +28,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 
@@ -154,9 +155,9 @@ def run_case(name: str, shape: tuple, warmup: int, repeats: int) -> dict:
     grad = _grad_out(ops['dedicated'], inputs)
     with torch.no_grad():
         diff = (ops['local_aggregate'](*inputs) - ops['dedicated'](*inputs)).abs().max().item()
-    rec: Dict[str, object] = dict(config=name, max_abs_diff=diff)
+    rec: dict[str, object] = dict(config=name, max_abs_diff=diff)
     for step_name, step in (('fwd_ms', _fwd), ('fwdbwd_ms', _fwdbwd)):
-        times: Dict[str, List[float]] = {op: [] for op in ops}
+        times: dict[str, list[float]] = {op: [] for op in ops}
         for rep in range(warmup + repeats):
             for op_name, op in ops.items():
                 start = time.perf_counter()
@@ -170,7 +171,7 @@ def run_case(name: str, shape: tuple, warmup: int, repeats: int) -> dict:
     return rec
 
 
-def format_table(records: List[dict]) -> str:
+def format_table(records: list[dict]) -> str:
     head = ('| config | fwd ms (agg / ded) | fwd+bwd ms (agg / ded) | peak MiB (agg / ded) | '
             'x fwd | x fwd+bwd | x peak | max abs diff |')
     lines = [head, '|' + '---|' * 8]
@@ -186,7 +187,7 @@ def format_table(records: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument('--small', action='store_true', help='batch 1, 32x32, C=96')
@@ -204,7 +205,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: List[str] | None = None) -> List[dict]:
+def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     shape = SHAPES['dry-run' if args.dry_run else 'small' if args.small else 'd1']
     if args.threads is not None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Callable, Dict, List
+from typing import Callable
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ _fwd, _fwdbwd = _ops_bench._fwd, _ops_bench._fwdbwd
 
 CHANNELS, HEADS, PATCH = 192, 6, 8  # VOLO-D1 stage 1
 SIZES = ['512x512', '1024x2048']
-MIXERS: Dict[str, Callable[[], nn.Module]] = {
+MIXERS: dict[str, Callable[[], nn.Module]] = {
     'OutlookAttention': lambda: OutlookAttention(CHANNELS, HEADS, 3, 1, stride=2),
     'Involution': lambda: Involution(CHANNELS),
     'LocalSelfAttention': lambda: LocalSelfAttention(CHANNELS, HEADS),
@@ -78,7 +78,7 @@ class Case:
     gradients of ``leaves[2:]`` (``_fwdbwd`` drops those of the first two, its ``v`` and
     ``logits``). ``inputs`` is the ``(v, logits, heads, grad_out)`` tuple its steps take."""
 
-    def __init__(self, fn: Callable[[], torch.Tensor], leaves: List[torch.Tensor],
+    def __init__(self, fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
                  grad: torch.Tensor) -> None:
         self.fn, self.leaves = fn, leaves
         self.inputs = (leaves[0], leaves[min(1, len(leaves) - 1)], HEADS, grad)
@@ -165,7 +165,7 @@ def _randn(*shape: int, device: torch.device, gen: torch.Generator) -> torch.Ten
 
 
 def module_cases(batch: int, height: int, width: int,
-                 device: torch.device) -> Dict[str, tuple[Case, nn.Module]]:
+                 device: torch.device) -> dict[str, tuple[Case, nn.Module]]:
     gen = torch.Generator().manual_seed(0)
     x = _randn(batch, height, width, CHANNELS, device=device, gen=gen).requires_grad_()
     grad = _randn(batch, height, width, CHANNELS, device=device, gen=gen)
@@ -178,7 +178,7 @@ def module_cases(batch: int, height: int, width: int,
 
 
 def op_cases(name: str, batch: int, height: int, width: int,
-             device: torch.device) -> Dict[str, Case]:
+             device: torch.device) -> dict[str, Case]:
     """impl -> Case for op ``name`` at D1 stage-1 shape (the modules' default settings)."""
     gen = torch.Generator().manual_seed(0)
     tokens = (batch, height, width, CHANNELS)
@@ -208,8 +208,8 @@ def op_cases(name: str, batch: int, height: int, width: int,
     return {impl: Case(lambda impl=impl: call(impl), tensors, grad) for impl in OP_IMPLS}
 
 
-def measure(cases: Dict[str, Case], args: argparse.Namespace,
-            device: torch.device) -> Dict[str, dict]:
+def measure(cases: dict[str, Case], args: argparse.Namespace,
+            device: torch.device) -> dict[str, dict]:
     """name -> fwd_ms, fwdbwd_ms (medians, interleaved) and peak_mib of each case."""
     fwd = time_round_robin(cases, lambda case: _fwd(case, *case.inputs), (), args.warmup,
                            args.repeats, device)
@@ -224,7 +224,7 @@ def measure(cases: Dict[str, Case], args: argparse.Namespace,
     return results
 
 
-def run(args: argparse.Namespace) -> List[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     common = dict(device=device.type, dtype='fp32', repeats=args.repeats,
                   threads=torch.get_num_threads(), channels=CHANNELS, heads=HEADS)
@@ -273,7 +273,7 @@ def _timings(r: dict, base: dict) -> str:
                                         ('peak_mib', '.0f')))
 
 
-def format_tables(records: List[dict]) -> str:
+def format_tables(records: list[dict]) -> str:
     """Markdown tables: modules (ratios to OutlookAttention), ops (ratios fast / reference)."""
     lines = []
     modules = [r for r in records if r['section'] == 'module']
@@ -298,7 +298,7 @@ def format_tables(records: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments, defaults filled in and checked (UsageError if bad)."""
     cuda = torch.cuda.is_available()
     parser = ToolArgumentParser(description=__doc__.split('\n')[0])
@@ -332,7 +332,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point (bad arguments raise UsageError)."""
     args = parse_args(argv)
     if args.threads:

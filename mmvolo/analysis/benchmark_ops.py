@@ -51,7 +51,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -79,13 +80,13 @@ SPIN_CODE = ('import os\n'
 
 
 @contextlib.contextmanager
-def busy_load(count: int) -> Iterator[List[subprocess.Popen]]:
+def busy_load(count: int) -> Iterator[list[subprocess.Popen]]:
     """Run ``count`` pure-Python spin processes for the duration of the block.
 
     They are terminated and joined when the block ends, however it ends (error, Ctrl-C);
     one that ignores SIGTERM for 5 s is killed.
     """
-    procs: List[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = []
     try:
         for _ in range(count):
             procs.append(subprocess.Popen([sys.executable, '-I', '-S', '-c', SPIN_CODE],
@@ -96,7 +97,7 @@ def busy_load(count: int) -> Iterator[List[subprocess.Popen]]:
         stop_processes(procs)
 
 
-def stop_processes(procs: List[subprocess.Popen], timeout: float = 5.0) -> None:
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 5.0) -> None:
     """Terminate every process, then join it (kill it when it outlives ``timeout``)."""
     for proc in procs:
         if proc.poll() is None:
@@ -144,8 +145,8 @@ def impl_op(name: str) -> OpFn:
     return run
 
 
-def make_ops(impls: List[str], channels: int, heads: int, v: torch.Tensor,
-             logits: torch.Tensor) -> Dict[str, OpFn]:
+def make_ops(impls: list[str], channels: int, heads: int, v: torch.Tensor,
+             logits: torch.Tensor) -> dict[str, OpFn]:
     """name -> op for every requested implementation that can run on ``v`` and ``logits``."""
     ops = {}
     for name in impls:
@@ -174,11 +175,11 @@ def _fwdbwd(op: OpFn, v, logits, heads, grad) -> None:
     op(v, logits, heads).backward(grad)
 
 
-def time_round_robin(ops: Dict[str, OpFn], step: Callable, inputs: tuple, warmup: int,
-                     repeats: int, device: torch.device) -> Dict[str, float]:
+def time_round_robin(ops: dict[str, OpFn], step: Callable, inputs: tuple, warmup: int,
+                     repeats: int, device: torch.device) -> dict[str, float]:
     """Median milliseconds of ``step(op, *inputs)`` per op, ops interleaved per repeat:
     CUDA events around the step on CUDA, wall clock elsewhere."""
-    times: Dict[str, list] = {name: [] for name in ops}
+    times: dict[str, list] = {name: [] for name in ops}
     for rep in range(warmup + repeats):
         for name, op in ops.items():
             elapsed = _step_ms(step, op, inputs, device)
@@ -251,15 +252,15 @@ def check_timm_equivalence(device: torch.device) -> float | None:
         return (op(v, logits, heads) - impl_op('reference')(v, logits, heads)).abs().max().item()
 
 
-def shape_groups(variants: List[str]) -> Dict[tuple, List[str]]:
+def shape_groups(variants: list[str]) -> dict[tuple, list[str]]:
     """(channels, heads) -> variant names sharing that shape, in first-seen order."""
-    groups: Dict[tuple, List[str]] = {}
+    groups: dict[tuple, list[str]] = {}
     for name in variants:
         groups.setdefault(VARIANTS[name], []).append(name)
     return groups
 
 
-def run(args: argparse.Namespace) -> List[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     records = []
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> List[dict]:
     return records
 
 
-def format_table(records: List[dict]) -> str:
+def format_table(records: list[dict]) -> str:
     """Markdown table with ratios vs the reference of the same shape."""
     ref = {(r['input_size'], r['channels']): r for r in records if r['impl'] == 'reference'}
     lines = ['| input | variants | tokens | impl | fwd ms | x ref | fwd+bwd ms | x ref | '
@@ -302,7 +303,7 @@ def format_table(records: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments, defaults filled in and checked (UsageError if bad)."""
     cuda = torch.cuda.is_available()
     parser = ToolArgumentParser(description=__doc__.split('\n')[0])
@@ -364,7 +365,7 @@ def check_counts(args: argparse.Namespace) -> None:
             raise UsageError(f'{flag} must be at least {low}, got {value}')
 
 
-def check_impls(impls: List[str]) -> None:
+def check_impls(impls: list[str]) -> None:
     """Require known implementation names (registered ones and timm)."""
     known = [*known_impls(), *EXTRA_IMPLS]
     unknown = [name for name in impls if name not in known]
@@ -373,7 +374,7 @@ def check_impls(impls: List[str]) -> None:
                          f'{", ".join(dict.fromkeys(known))}')
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point (bad arguments raise UsageError)."""
     args = parse_args(argv)
     if args.threads:

@@ -28,7 +28,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 from mmvolo.apis import UsageError, load_config
 from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / 'configs/volo/volo-d1_upernet_8xb2-80k_cityscapes-512x1024.py'
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ToolArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=str(DEFAULT_CONFIG),
                         help='segmentation config (default: VOLO-D1 Cityscapes 512x1024)')
@@ -93,7 +93,7 @@ def build(args: argparse.Namespace):
     return model.to(args.device).eval()
 
 
-def make_methods(model, inputs, crop_batches: List[int]) -> Dict[str, Callable]:
+def make_methods(model, inputs, crop_batches: list[int]) -> dict[str, Callable]:
     """name -> run (returns the logits); ``calls`` counts each method's forward passes."""
     from mmseg.models.segmentors import EncoderDecoder
 
@@ -110,7 +110,7 @@ def make_methods(model, inputs, crop_batches: List[int]) -> Dict[str, Callable]:
     return methods
 
 
-def run(args: argparse.Namespace) -> List[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from mmvolo.models.segmentors.batched_slide import slide_windows
@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> List[dict]:
         if device.type == 'cuda':
             torch.cuda.synchronize()
 
-    times: Dict[str, List[float]] = {name: [] for name in methods}
-    peaks: Dict[str, float] = {}
-    outputs: Dict[str, torch.Tensor] = {}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    peaks: dict[str, float] = {}
+    outputs: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for _ in range(args.warmup):
             for fn in methods.values():
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> List[dict]:
     return records
 
 
-def format_table(records: List[dict]) -> str:
+def format_table(records: list[dict]) -> str:
     header = (f"{'method':<16}{'passes':>7}{'median ms':>12}{'vs mmseg':>10}{'peak MiB':>10}"
               f"{'max |diff|':>12}")
     lines = [header, '-' * len(header)]
@@ -177,7 +177,7 @@ def format_table(records: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point (bad arguments raise UsageError)."""
     args = parse_args(argv)
     check_args(args)

@@ -58,9 +58,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List
+from typing import Any, Callable
 
 import torch
 
@@ -128,13 +129,13 @@ class StageRun:
     save: Callable[[bool], None] = field(repr=False)
     status: str = 'pending'
     seconds: float | None = None
-    records: List[dict] = field(default_factory=list)
-    checks: List[dict] = field(default_factory=list)
-    targets: List[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    targets: list[dict] = field(default_factory=list)
     values: dict = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)
-    blocks: List[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    blocks: list[dict] = field(default_factory=list)
     error: str | None = None
     traceback: str | None = None
     _started: float | None = field(default=None, repr=False)
@@ -217,8 +218,8 @@ class StageRun:
 class Report:
     """The run: environment, stages; :meth:`save` rewrites report.md and report.json."""
 
-    def __init__(self, out: Path, names: List[str], device: torch.device, dry: bool,
-                 argv: List[str], scratch: Path) -> None:
+    def __init__(self, out: Path, names: list[str], device: torch.device, dry: bool,
+                 argv: list[str], scratch: Path) -> None:
         self.out = out
         self.dry = dry
         self.meta = dict(tool='tools/analysis/gpu_report.py', dry_run=dry,
@@ -239,7 +240,7 @@ class Report:
         write_text_atomic(render_markdown(self), self.out / 'report.md')
         self._last_save = time.monotonic()
 
-    def failed(self) -> List[StageRun]:
+    def failed(self) -> list[StageRun]:
         return [stage for stage in self.stages if stage.status == 'failed']
 
 
@@ -337,7 +338,7 @@ def render_markdown(report: Report) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def render_stage(index: int, stage: StageRun) -> List[str]:
+def render_stage(index: int, stage: StageRun) -> list[str]:
     """One stage's section of report.md."""
     took = '' if stage.seconds is None else f', {stage.seconds:.1f} s of {stage.budget_s:.0f} s'
     lines = [f'## {index}. {stage.name}: {STATUS_TEXT[stage.status]}{took}', '',
@@ -363,7 +364,7 @@ def render_stage(index: int, stage: StageRun) -> List[str]:
     return lines
 
 
-def records_table(records: List[dict]) -> List[str]:
+def records_table(records: list[dict]) -> list[str]:
     """A Markdown table with the union of the records' keys as columns."""
     columns = list(dict.fromkeys(key for record in records for key in record))
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
@@ -418,7 +419,7 @@ def run_stage(stage: StageRun) -> None:
               + (f': {stage.error}' if stage.error else ''), flush=True)
 
 
-def parse_args(argv: List[str] | None = None):
+def parse_args(argv: list[str] | None = None):
     """Command-line arguments, checked (UsageError: one line, exit 2)."""
     parser = ToolArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', required=True, metavar='DIR',
@@ -436,7 +437,7 @@ def parse_args(argv: List[str] | None = None):
     return args
 
 
-def select_stages(names: List[str] | None, profile: bool) -> List[str]:
+def select_stages(names: list[str] | None, profile: bool) -> list[str]:
     """The stages to run in their fixed order; names may also be comma-separated."""
     if names is None:
         chosen = [name for name in STAGES if name not in OPTIONAL_STAGES]
@@ -461,7 +462,7 @@ def pick_device(dry: bool) -> torch.device:
     return torch.device('cuda', torch.cuda.current_device())
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the stages; UsageError (exit 1) when one failed."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

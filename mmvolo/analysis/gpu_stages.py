@@ -43,9 +43,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable
 from unittest import mock
 
 import torch
@@ -300,7 +301,7 @@ class KernelCase:
     stride: int
     dtype: str
 
-    def tolerances(self) -> Dict[str, float]:
+    def tolerances(self) -> dict[str, float]:
         """Per tensor: 1e-5 in fp32, else eps(dtype) x reduction length (module docstring)."""
         if self.dtype == 'fp32':
             return dict.fromkeys(TENSORS, FP32_TOL)
@@ -310,7 +311,7 @@ class KernelCase:
                     grad_logits=eps * (self.channels // self.heads + K * K))
 
 
-def kernel_cases(dry: bool) -> List[KernelCase]:
+def kernel_cases(dry: bool) -> list[KernelCase]:
     """fp32 first (then bf16, fp16): small odd grids at stride 1 and 2, then D1/D4 stage 1."""
     channels, heads = STAGE1['D1']
     cases = []
@@ -350,8 +351,8 @@ def kernels(run) -> None:
     run.note('error = max|x - ref| / max(1, max|ref|), ref = the reference op on fp64 copies '
              'of the same inputs; tolerance fp32 1e-5, fp16/bf16 eps(dtype) x reduction '
              'length (out, grad_v: K^2*ceil(K/S)^2; grad_logits: head_dim + K^2)')
-    results: List[dict] = []
-    not_here: Dict[str, str] = {}
+    results: list[dict] = []
+    not_here: dict[str, str] = {}
     with exact_fp32():
         for case in run.within_budget(kernel_cases(run.dry)):
             base = dict(case=case.label, stride=case.stride, dtype=case.dtype)
@@ -434,7 +435,7 @@ def ops_case(run, dtype: str, shape: tuple, warmup: int, repeats: int,
     measure_ops(run, runnable, inputs, dtype, fused, shape, warmup, repeats, bandwidth)
 
 
-def working_ops(run, candidates: Dict[str, Callable], inputs: tuple, dtype: str) -> dict:
+def working_ops(run, candidates: dict[str, Callable], inputs: tuple, dtype: str) -> dict:
     """The ops whose fwd+bwd runs once; a row with the error for each one that does not."""
     runnable = {}
     for name, op in candidates.items():
@@ -554,7 +555,7 @@ def compiled_check(run, model, x: torch.Tensor, eager: tuple, impl: str) -> None
 
 
 # ------------------------------------------------------------------------------ training
-def run_logged(command: List[str], log: Path, timeout: float, env: dict) -> tuple:
+def run_logged(command: list[str], log: Path, timeout: float, env: dict) -> tuple:
     """Run ``command`` in its own process group, output to ``log``; kill the group on
     timeout or interruption. Returns (exit code or None when timed out, seconds)."""
     start = time.monotonic()
@@ -583,7 +584,7 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def logged_losses(work_dir: Path) -> Dict[int, float]:
+def logged_losses(work_dir: Path) -> dict[int, float]:
     """Training loss per iteration from the run's ``vis_data/scalars.json``."""
     losses = {}
     for scalars in sorted(work_dir.glob('*/vis_data/scalars.json')):
@@ -661,7 +662,7 @@ def training(run) -> None:
 
 
 def training_row(run, tool: str, code, seconds: float, work_dir: Path, log: Path, iters: int,
-                 first_iter: int) -> Dict[int, float]:
+                 first_iter: int) -> dict[int, float]:
     """Record one training run (exit, losses, mIoU) and its checks; returns its losses."""
     losses = logged_losses(work_dir) if work_dir.is_dir() else {}
     miou = last_miou(log.read_text(errors='replace'))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from mmengine.config import DictAction
 

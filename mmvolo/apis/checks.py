@@ -6,7 +6,8 @@ with its ``exit_code`` (2: wrong arguments or files, 1: unusable checkpoint).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from mmengine.config import Config
 

@@ -12,7 +12,7 @@ the tools write their own names at its top level or in new sub-folders, never in
 from __future__ import annotations
 
 import os.path as osp
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from mmengine.config import Config
 

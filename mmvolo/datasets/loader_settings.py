@@ -10,7 +10,8 @@ refused before the Runner is built.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: The dataloaders of each kind of run.
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')

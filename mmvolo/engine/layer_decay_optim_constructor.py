@@ -15,8 +15,9 @@ containing any of ``no_decay_keys``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch.nn as nn
 from mmengine.logging import print_log

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: Official settings. Four block groups: outlookers (stride 8), then three groups of
 #: self-attention blocks after a 2x2 downsample (stride 16).

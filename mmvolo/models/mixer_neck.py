@@ -1,7 +1,8 @@
 """MixerNeck: Outlooker (or any token-mixer) blocks on a backbone's pyramid, before the head."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn

@@ -19,7 +19,8 @@ backward (not itself differentiable) passes ``ctx.needs_input_grad`` on as ``nee
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -39,8 +40,8 @@ def define_op(name: str, forward: ForwardFn, backward: BackwardFn, num_inputs: i
         fake: the forward's fake kernel (same arguments); default ``empty_like(inputs[0])``.
     """
 
-    def bwd(grad_out: torch.Tensor, saved: List[torch.Tensor], params: List[int],
-            needs: List[bool]) -> List[torch.Tensor]:
+    def bwd(grad_out: torch.Tensor, saved: list[torch.Tensor], params: list[int],
+            needs: list[bool]) -> list[torch.Tensor]:
         grads = backward(grad_out, *saved, *params, needs=tuple(needs))
         return [saved[index].new_empty(0) if grad is None else grad
                 for index, grad in enumerate(grads)]

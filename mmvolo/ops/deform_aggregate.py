@@ -34,8 +34,6 @@ padding) reduce to the same ``i*S - P + a*D`` tap grid when built with matching 
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 from .local_aggregate import local_aggregate
@@ -48,7 +46,7 @@ def _kk(kernel_size: int) -> int:
 
 
 def torchvision_to_aggregate(offset: torch.Tensor, mask: torch.Tensor | None,
-                             kernel_size: int) -> Tuple[torch.Tensor, torch.Tensor | None]:
+                             kernel_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """torchvision (B, 2GKK, Ho, Wo), (B, GKK, Ho, Wo) -> (B, Ho, Wo, G, KK, 2), (B, Ho, Wo,
     G, KK)."""
     kk = _kk(kernel_size)
@@ -61,7 +59,7 @@ def torchvision_to_aggregate(offset: torch.Tensor, mask: torch.Tensor | None,
 
 
 def aggregate_to_torchvision(offset: torch.Tensor, weight: torch.Tensor | None
-                             ) -> Tuple[torch.Tensor, torch.Tensor | None]:
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inverse of :func:`torchvision_to_aggregate`."""
     batch, out_h, out_w, groups, kk, _ = offset.shape
     off = offset.permute(0, 3, 4, 5, 1, 2).reshape(batch, groups * kk * 2, out_h, out_w)
@@ -77,7 +75,7 @@ def _col_to_row(kernel_size: int, device: torch.device) -> torch.Tensor:
 
 
 def dcnv3_to_aggregate(offset: torch.Tensor, mask: torch.Tensor, kernel_size: int,
-                       groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                       groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DCNv3 offset (B, Ho, Wo, G*KK*2) (x, y), mask (B, Ho, Wo, G*KK), points column-major
     -> (B, Ho, Wo, G, KK, 2) (dy, dx), (B, Ho, Wo, G, KK), taps row-major."""
     kk = _kk(kernel_size)
@@ -89,7 +87,7 @@ def dcnv3_to_aggregate(offset: torch.Tensor, mask: torch.Tensor, kernel_size: in
 
 
 def aggregate_to_dcnv3(offset: torch.Tensor, weight: torch.Tensor
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`dcnv3_to_aggregate`."""
     kernel_size = int(round(offset.shape[4] ** 0.5))
     inv = torch.argsort(_col_to_row(kernel_size, offset.device))
@@ -102,7 +100,7 @@ def dcnv4_channels(kernel_size: int, groups: int) -> int:
 
 
 def dcnv4_to_aggregate(offset_mask: torch.Tensor, kernel_size: int,
-                       groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                       groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DCNv4 fused (B, Ho, Wo, L) -> offset (B, Ho, Wo, G, KK, 2), weight (B, Ho, Wo, G, KK)."""
     kk = _kk(kernel_size)
     _check_last(offset_mask, dcnv4_channels(kernel_size, groups),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .dispatch import forced_impl
 from .outlook import OUTLOOK_IMPLS

@@ -57,7 +57,6 @@ never more than one block's samples alive, with hand-written backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 
@@ -94,7 +93,7 @@ class Geometry:
     def taps(self) -> int:
         return self.kernel_size * self.kernel_size
 
-    def tap_index(self, axis: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    def tap_index(self, axis: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(idx, inside) for rows ('h') or columns ('w'): (Ho, K) int64 positions
         pos = i*S - P + a*D (or the clamped window), and whether each lies in the image."""
         size, out = (self.height, self.out_h) if axis == 'h' else (self.width, self.out_w)
@@ -146,7 +145,7 @@ def make_geometry(op: str, value: torch.Tensor, kernel_size: int, stride: int, p
                     boundary, out_h, out_w)
 
 
-def value_shape(geom: Geometry) -> Tuple[int, int, int, int]:
+def value_shape(geom: Geometry) -> tuple[int, int, int, int]:
     return geom.batch, geom.height, geom.width, geom.channels
 
 
@@ -158,7 +157,7 @@ def _groups_of(op: str, name: str, groups: int, channels: int) -> None:
 
 def check_aggregate_inputs(geom: Geometry, weight: torch.Tensor, groups: int,
                            offset: torch.Tensor | None, normalize: str | None,
-                           fold: bool) -> Tuple[bool, int]:
+                           fold: bool) -> tuple[bool, int]:
     """(weight is static, offset groups Go) after one-line ValueErrors on bad arguments."""
     _groups_of(OP, 'groups', groups, geom.channels)
     if normalize not in NORMALIZE:

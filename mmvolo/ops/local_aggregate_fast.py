@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, List, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ DEFORM_BLOCK_ELEMS = 1 << 19
 
 
 def blocks_of(geom: Geometry, elems_per_pixel: int,
-              target: int | None = None) -> List[Tuple[int, int]]:
+              target: int | None = None) -> list[tuple[int, int]]:
     """Blocks of output rows sized by the working set per output pixel: as
     :func:`.window_utils.row_blocks` (which $MMVOLO_WINDOW_BLOCK_ELEMS overrides), or
     about ``target`` elements each when given (the override still wins)."""
@@ -112,7 +112,7 @@ class FixedSampler:
             return buf
         return buf[:, g.padding:g.padding + g.height, g.padding:g.padding + g.width]
 
-    def _slices(self, r0: int, r1: int, k: int) -> Tuple[slice, slice]:
+    def _slices(self, r0: int, r1: int, k: int) -> tuple[slice, slice]:
         g = self.geom
         a, b = divmod(k, g.kernel_size)
         rs = r0 * g.stride + a * g.dilation
@@ -163,7 +163,7 @@ class DeformSampler:
         self.bidx = torch.arange(geom.batch, device=dev).view(-1, 1, 1, 1)
         self.gidx = torch.arange(self.groups, device=dev)
         self._buffers: dict = {}
-        self._block: Tuple[int, int] | None = None
+        self._block: tuple[int, int] | None = None
         self._corners: list = []
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -326,7 +326,7 @@ def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Ten
 
 
 def _windows(sampler: FixedSampler, src: torch.Tensor, r0: int, r1: int,
-             split: Tuple[int, int], kk: int) -> torch.Tensor:
+             split: tuple[int, int], kk: int) -> torch.Tensor:
     """(B, r, Wo, G, K*K, C/G): the K*K samples of rows [r0, r1)."""
     g = sampler.geom
     win = src.new_empty(g.batch, r1 - r0, g.out_w, split[0], kk, split[1])
@@ -337,7 +337,7 @@ def _windows(sampler: FixedSampler, src: torch.Tensor, r0: int, r1: int,
 
 def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.Tensor,
                        offset: torch.Tensor | None, geom: Geometry, groups: int, fold: bool,
-                       static: bool, needs: Tuple[bool, bool, bool]) -> tuple:
+                       static: bool, needs: tuple[bool, bool, bool]) -> tuple:
     """(grad_value, grad_attn, grad_offset), None where ``needs`` says not wanted."""
     need_v, need_w, need_off = needs
     need_off = need_off and offset is not None

@@ -21,7 +21,8 @@ warns (:class:`OutlookImplFallbackWarning`) and the ``'auto'`` choice runs inste
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager
+from contextlib import AbstractContextManager
+from typing import Callable
 
 import torch
 
@@ -61,7 +62,7 @@ def unregister_outlook_impl(name: str) -> RegisteredImpl | None:
 
 def temporary_outlook_impl(name: str, fn: OutlookImpl | None = None,
                            supports: SupportsFn | None = None, priority: int = 0,
-                           unavailable: str | None = None) -> ContextManager[None]:
+                           unavailable: str | None = None) -> AbstractContextManager[None]:
     """Register ``fn`` (or, with ``fn=None``, an unavailable entry) as ``name`` for a block,
     then restore whatever was registered under ``name`` before (for tests)."""
     return OUTLOOK_IMPLS.temporary(name, fn, supports, priority, unavailable)

@@ -50,7 +50,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from typing import Callable, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 
@@ -236,7 +237,7 @@ def _fill_rows(xp: torch.Tensor, x: torch.Tensor, rows: range, padding: int) -> 
     inner[:, :, padding:padding + width].copy_(x[:, lo - padding:hi - padding])
 
 
-def _split(size: int, parts: int) -> List[range]:
+def _split(size: int, parts: int) -> list[range]:
     """[0, size) in ``parts`` contiguous ranges (fewer when size is smaller), in order."""
     step = max(1, -(-size // max(parts, 1)))
     return [range(start, min(start + step, size)) for start in range(0, size, step)]
@@ -279,7 +280,7 @@ class _ChunkPlan:
         self.phases = _num_phases(self.step, kernel_size, stride)
 
     def buffers(self, padded: Sequence[torch.Tensor],
-                zeroed: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+                zeroed: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Zero-padded copies of ``padded`` (each (B, H, W, C), in a buffer covering every
         window, in the compute dtype), then compute-dtype zero tensors shaped like ``zeroed``;
         filled in row ranges by the workers."""
@@ -348,7 +349,7 @@ def chunked_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kerne
 def chunked_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
                      num_heads: int, kernel_size: int, padding: int, stride: int,
                      need_v: bool = True,
-                     need_logits: bool = True) -> Tuple[torch.Tensor | None, torch.Tensor | None]:
+                     need_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4)), recomputed per chunk."""
     plan = _ChunkPlan(v, num_heads, kernel_size, padding, stride)
     with _no_autocast(v):

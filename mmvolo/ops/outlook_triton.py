@@ -46,7 +46,7 @@ the name is registered as known but unavailable (same fallback, the import error
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 
@@ -242,7 +242,7 @@ def _next_pow2(n: int) -> int:
 
 
 def _meta(v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
-          stride: int) -> Dict[str, int]:
+          stride: int) -> dict[str, int]:
     """Compile-time constants shared by the three kernels."""
     head_dim = v.shape[-1] // num_heads
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=max(2, _next_pow2(head_dim)),
@@ -250,7 +250,7 @@ def _meta(v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
                 PADDING=padding, STRIDE=stride, BLOCK=_block())
 
 
-def _launch(kernel: Any, grid: Tuple[int, int], device: torch.device, *args: Any,
+def _launch(kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any,
             **meta: int) -> None:
     """Launch on ``device``'s stream; CPU tensors are only accepted by interpreted kernels."""
     if device.type == 'cuda' and not INTERPRETED:
@@ -280,7 +280,7 @@ def triton_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel
 def triton_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
                     num_heads: int, kernel_size: int, padding: int, stride: int,
                     need_v: bool = True,
-                    need_logits: bool = True) -> Tuple[torch.Tensor | None, torch.Tensor | None]:
+                    need_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward kernels -> (grad_v (B, H, W, C), grad_logits (B, h, w, heads*K^4)).
 
     The logits kernel always runs (it also writes the log-sum-exp the values kernel reads);

@@ -17,7 +17,7 @@ Windows are centred: stride 1, padding K // 2, K odd, output shape = input shape
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from collections.abc import Iterator
 
 import torch
 
@@ -51,8 +51,8 @@ def check_tokens(op: str, name: str, x: torch.Tensor) -> None:
 
 
 def offset_slices(a: int, b: int, kernel_size: int, height: int, width: int,
-                  row_block: Tuple[int, int] | None = None
-                  ) -> Tuple[Tuple[slice, slice], Tuple[slice, slice]] | None:
+                  row_block: tuple[int, int] | None = None
+                  ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
     """Where window offset (a, b) stays inside the image, as two same-sized rectangles.
 
     Returns ``((rows, cols), (in_rows, in_cols))``: output pixels ``[rows, cols]`` (only rows
@@ -71,7 +71,7 @@ def offset_slices(a: int, b: int, kernel_size: int, height: int, width: int,
 
 
 def window_offsets(kernel_size: int, height: int, width: int,
-                   row_block: Tuple[int, int] | None = None) -> Iterator[tuple]:
+                   row_block: tuple[int, int] | None = None) -> Iterator[tuple]:
     """(k, a, b, out_slices, in_slices) for every offset k = a*K + b that stays inside the
     image for some pixel (of the output rows ``row_block``; see :func:`offset_slices`)."""
     for a in range(kernel_size):
@@ -81,7 +81,7 @@ def window_offsets(kernel_size: int, height: int, width: int,
                 yield a * kernel_size + b, a, b, slices[0], slices[1]
 
 
-def row_blocks(x: torch.Tensor) -> list[Tuple[int, int]]:
+def row_blocks(x: torch.Tensor) -> list[tuple[int, int]]:
     """Split the rows of tokens x (B, H, W, C) into blocks processed one after another.
 
     The per-offset loops of a fast path make K*K passes over the tensors they touch; doing

@@ -17,8 +17,9 @@ Parameters are counted for the whole model, auxiliary head included, and per top
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn

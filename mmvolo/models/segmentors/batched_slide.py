@@ -21,13 +21,14 @@ tools and configs do). ``import mmvolo`` registers the name through a lazy build
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from mmseg.models.segmentors import EncoderDecoder
 from torch import Tensor
 
-Window = Tuple[int, int, int, int]  # y1, y2, x1, x2
+Window = tuple[int, int, int, int]  # y1, y2, x1, x2
 
 
 def crop_batch_of(test_cfg: Any) -> int | None:
@@ -43,8 +44,8 @@ def crop_batch_of(test_cfg: Any) -> int | None:
     return int(value)
 
 
-def slide_windows(img_shape: Tuple[int, int], crop_size: Tuple[int, int],
-                  stride: Tuple[int, int]) -> Iterator[Window]:
+def slide_windows(img_shape: tuple[int, int], crop_size: tuple[int, int],
+                  stride: tuple[int, int]) -> Iterator[Window]:
     """mmseg's sliding windows ``(y1, y2, x1, x2)`` over an ``H x W`` image, in its order.
 
     The grid is ``ceil((H - crop) / stride) + 1`` rows (at least 1), likewise columns; a window
@@ -64,7 +65,7 @@ def slide_windows(img_shape: Tuple[int, int], crop_size: Tuple[int, int],
 
 
 def batched_slide_inference(segmentor: EncoderDecoder, inputs: Tensor,
-                            batch_img_metas: List[dict], crop_batch: int) -> Tensor:
+                            batch_img_metas: list[dict], crop_batch: int) -> Tensor:
     """mmseg's ``slide_inference`` with ``crop_batch`` crops per ``encode_decode`` call.
 
     The crops of all images (window-major, then image: mmseg's order, so every pixel sums its
@@ -106,7 +107,7 @@ class BatchedSlideEncoderDecoder(EncoderDecoder):
         super().__init__(*args, **kwargs)
         crop_batch_of(self.test_cfg)
 
-    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+    def slide_inference(self, inputs: Tensor, batch_img_metas: list[dict]) -> Tensor:
         crop_batch = crop_batch_of(self.test_cfg)
         if crop_batch is None:
             return super().slide_inference(inputs, batch_img_metas)
