@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .utils.errors import first_line  # noqa: F401  (also imported from here)
+from .utils.errors import first_line
 
 #: HistoryBuffer's built-in statistics (what a message hub pickles by name).
 DEFAULT_STATISTICS = ('min', 'max', 'mean', 'current')

@@ -35,8 +35,8 @@ from mmvolo.apis import (
     run_tool,
 )
 from mmvolo.apis.arguments import ToolArgumentParser
-from mmvolo.checkpoint import first_line
 from mmvolo.fileio import write_bytes_atomic
+from mmvolo.utils.errors import first_line
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 #: Class names are written on the overlay only for images at least this large (pixels).

@@ -16,6 +16,7 @@ from ..checkpoint import (
     UntrustedCheckpointError,
     load_checkpoint_file,
 )
+from ..datasets.preflight import check_datasets, leaf_datasets
 from ..download import is_url
 from ..models.arch_zoo import resolve_arch
 from ..models.volo import VOLO_ARG_CHECKS, validate_volo_arg
@@ -124,7 +125,7 @@ def check_data_roots(cfg: Config, dataloaders: Sequence[str]) -> None:
         loader = cfg.get(key)
         if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
             continue
-        for where, dataset in _datasets(loader['dataset'], f'{key}.dataset'):
+        for where, dataset in leaf_datasets(loader['dataset'], f'{key}.dataset'):
             _check_one_root(dataset, where)
 
 
@@ -133,7 +134,6 @@ def check_data_files(cfg: Config, dataloaders: Sequence[str], config_path: str) 
     (:mod:`mmvolo.datasets.loader_settings`, :mod:`mmvolo.datasets.preflight`: every file's
     presence and pairing, a sample of label maps read); the first problem as one line."""
     from ..datasets.loader_settings import dataloader_problems
-    from ..datasets.preflight import check_datasets
 
     problems = dataloader_problems(cfg, dataloaders)
     if problems:
@@ -157,18 +157,6 @@ def _check_one_root(dataset: dict, where: str) -> None:
     images = (dataset.get('data_prefix') or {}).get('img_path')
     if images and not os.path.isdir(os.path.join(root, images)):
         raise UsageError(f'data root {root} has no {images}: {fix}')
-
-
-def _datasets(dataset: dict, where: str) -> Iterator[tuple[str, dict]]:
-    """The leaf dataset configs of a (possibly wrapped/concatenated) dataset config."""
-    if isinstance(dataset.get('dataset'), dict):  # RepeatDataset, MultiImageMixDataset, ...
-        yield from _datasets(dataset['dataset'], f'{where}.dataset')
-    elif isinstance(dataset.get('datasets'), (list, tuple)):  # ConcatDataset
-        for index, child in enumerate(dataset['datasets']):
-            if isinstance(child, dict):
-                yield from _datasets(child, f'{where}.datasets.{index}')
-    else:
-        yield where, dataset
 
 
 def _walk_dicts(node: Any, where: str) -> Iterator[tuple[str, dict]]:

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping
 
 from mmengine.config import Config
 
-from .checks import UsageError, _datasets
+from ..datasets.preflight import leaf_datasets
+from .checks import UsageError
 
 #: The dataloaders whose datasets hold data folders.
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -29,7 +30,7 @@ def data_folders(cfg: Config) -> Iterator[tuple[str, str]]:
         loader = cfg.get(key)
         if not isinstance(loader, Mapping) or not isinstance(loader.get('dataset'), Mapping):
             continue
-        for where, dataset in _datasets(loader['dataset'], f'{key}.dataset'):
+        for where, dataset in leaf_datasets(loader['dataset'], f'{key}.dataset'):
             root = dataset.get('data_root') or ''
             if root:
                 yield f'{where}.data_root', root

@@ -36,13 +36,6 @@ def check_kernel_size(op: str, kernel_size: int) -> None:
                          f'padding K//2), got {kernel_size!r}')
 
 
-def check_stride(op: str, stride: int) -> None:
-    """Token mixers return the input's shape, so only stride 1 is supported."""
-    if stride != 1:
-        raise ValueError(f'{op}: only stride=1 is supported (a token mixer returns the input '
-                         f'shape), got stride={stride!r}')
-
-
 def check_tokens(op: str, name: str, x: torch.Tensor) -> None:
     """Require a 4-d channels-last tensor (B, H, W, C)."""
     if x.dim() != 4:
