@@ -10,8 +10,23 @@ this package; nothing here imports torch, mmseg, mmengine, mmcv or mmvolo. The e
 (:mod:`mmvolo.deploy.onnx_export`) imports :mod:`.metadata` from here, so the metadata keys and
 their version live in one place. See docs/deploy.md, "Run the exported file".
 """
-from .errors import UsageError
-from .metadata import METADATA_VERSION, ModelInfo
-from .segmentor import OnnxSegmentor
+from __future__ import annotations
 
-__all__ = ['METADATA_VERSION', 'ModelInfo', 'OnnxSegmentor', 'UsageError']
+from typing import Any
+
+# Exported names and their modules: imported on first use (PEP 562), so that the stdlib-only
+# helpers (``mmvolo_runtime.inputs``, ``.errors``) import without onnxruntime or OpenCV.
+_EXPORTS = {'METADATA_VERSION': 'metadata', 'ModelInfo': 'metadata',
+            'OnnxSegmentor': 'segmentor', 'UsageError': 'errors'}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    from importlib import import_module
+
+    value = getattr(import_module(f'.{_EXPORTS[name]}', __name__), name)
+    globals()[name] = value
+    return value

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 from .errors import UsageError, run_cli
+from .inputs import check_out_dir, list_images
 from .paint import paint_overlay
 from .segmentor import OnnxSegmentor
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 OVERLAYS = 'overlays'
 
 
@@ -57,29 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def list_images(inputs: list[str]) -> list[str]:
-    """The image files named by ``inputs`` (files as given, folders' images sorted), each
-    once; a file that is not an image, or a missing input, is one line."""
-    images: list[str] = []
-    for item in inputs:
-        if osp.isdir(item):
-            images += sorted(osp.join(item, name) for name in os.listdir(item)
-                             if name.lower().endswith(IMAGE_SUFFIXES)
-                             and osp.isfile(osp.join(item, name)))
-        elif osp.isfile(item):
-            if not item.lower().endswith(IMAGE_SUFFIXES):
-                raise UsageError(f'input {item} is not an image file (expected '
-                                 f'{", ".join(IMAGE_SUFFIXES)}); drop it from the inputs')
-            images.append(item)
-        else:
-            raise UsageError(f'input {item} not found')
-    if not images:
-        raise UsageError(f'no images in {" ".join(inputs)} '
-                         f'(looked for {", ".join(IMAGE_SUFFIXES)})')
-    unique = {osp.realpath(path): path for path in reversed(images)}
-    return [path for path in images if unique[osp.realpath(path)] == path]
-
-
 def output_stems(images: list[str]) -> dict[str, str]:
     """{image: output stem}; two images with one stem (``a/x.jpg``, ``b/x.png``) are refused."""
     by_stem: dict[str, list[str]] = defaultdict(list)
@@ -90,20 +67,6 @@ def output_stems(images: list[str]) -> dict[str, str]:
             raise UsageError(f'inputs {paths[0]} and {paths[1]} would both be written to '
                              f'{stem}.png; rename one of them or run them separately')
     return {paths[0]: stem for stem, paths in by_stem.items()}
-
-
-def check_out_dir(out_dir: str, images: list[str]) -> None:
-    """Refuse an output folder that is a file, or that is or contains an input's folder."""
-    if osp.exists(out_dir) and not osp.isdir(out_dir):
-        raise UsageError(f'--out-dir {out_dir} is a file; pass a folder')
-    out = osp.realpath(out_dir)
-    for path in images:
-        for folder in {osp.realpath(osp.dirname(osp.abspath(path))),
-                       osp.dirname(osp.realpath(path))}:
-            if osp.commonpath([out, folder]) == out:
-                where = 'is the folder' if folder == out else 'contains the folder'
-                raise UsageError(f'--out-dir {out_dir} {where} of input {path}: outputs could '
-                                 'overwrite inputs; choose an output folder outside the inputs')
 
 
 def read_image(path: str) -> np.ndarray:

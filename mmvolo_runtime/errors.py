@@ -1,4 +1,5 @@
-"""One-line errors for the runtime and its CLI (no mmvolo.apis: that imports torch)."""
+"""One-line errors for the runtime and its CLI: the one ``UsageError`` of every mmvolo tool
+(:mod:`mmvolo.cli` re-exports it; this module imports nothing beyond the stdlib)."""
 from __future__ import annotations
 
 import sys

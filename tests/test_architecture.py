@@ -120,6 +120,7 @@ def test_tests_import_tools_only_as_commands():
 @pytest.mark.parametrize('old, new, names', [
     ('mmvolo.models.mixers', 'mmvolo.models.token_mixers', ['Involution', 'DWConvMixer']),
     ('mmvolo.models.token_mixer', 'mmvolo.models.mixer_builder', ['build_token_mixer']),
+    ('mmvolo.apis', 'mmvolo.cli', ['run_tool', 'UsageError', 'load_config']),
 ])
 def test_renamed_modules_still_import_with_a_deprecation_warning(old, new, names):
     import importlib
@@ -130,3 +131,18 @@ def test_renamed_modules_still_import_with_a_deprecation_warning(old, new, names
         module = importlib.import_module(old)
     current = importlib.import_module(new)
     assert all(getattr(module, name) is getattr(current, name) for name in names)
+
+
+def test_old_cli_submodule_paths_are_the_new_modules():
+    """``from mmvolo.apis.checks import ...`` (the pre-rename spelling) reaches mmvolo.cli's."""
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == 'mmvolo.apis' or m.startswith('mmvolo.apis.')]:
+        sys.modules.pop(name)
+    with pytest.warns(DeprecationWarning, match=r'mmvolo\.apis'):
+        old = importlib.import_module('mmvolo.apis.checks')
+    assert old is importlib.import_module('mmvolo.cli.checks')
+    from mmvolo.apis.output_paths import check_output_folders
+    from mmvolo.cli.output_paths import check_output_folders as current
+    assert check_output_folders is current

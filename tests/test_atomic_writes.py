@@ -14,7 +14,7 @@ import pytest
 import torch
 from tool_helpers import REPO, make_tiny_data, run_tool, write_tiny_config
 
-from mmvolo.apis.resume import periodic_checkpoints, resolve_resume
+from mmvolo.cli.resume import periodic_checkpoints, resolve_resume
 from mmvolo.checkpoint import load_checkpoint_file
 from mmvolo.fileio import AtomicLocalBackend, atomic_path, write_bytes_atomic
 

@@ -49,7 +49,7 @@ def test_good_custom_arch_still_builds():
 def test_config_check_uses_the_same_rule():
     from mmengine.config import Config
 
-    from mmvolo.apis import UsageError, check_arch
+    from mmvolo.cli import UsageError, check_arch
 
     cfg = Config(dict(model=dict(backbone=dict(type='VOLO',
                                                arch={**TINY_ARCH, 'layers': (-1, 1, 1, 1)}))))

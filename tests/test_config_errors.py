@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tool_helpers import TOY_CONFIG, make_tiny_data, run_tool_in_process, single_line_error
 
-from mmvolo.apis import UsageError, check_arch, load_config
-from mmvolo.apis.arguments import CfgOptionsAction, cfg_option_problem
+from mmvolo.cli import UsageError, check_arch, load_config
+from mmvolo.cli.arguments import CfgOptionsAction, cfg_option_problem
 from mmvolo.utils import ConfigError, load_config_file
 
 

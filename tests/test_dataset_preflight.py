@@ -19,7 +19,7 @@ from tool_helpers import (
     single_line_error,
 )
 
-from mmvolo.apis import load_config
+from mmvolo.cli import load_config
 from mmvolo.datasets.loader_settings import dataloader_problems, fit_persistent_workers
 from mmvolo.datasets.preflight import check_datasets, effective_value, format_values
 from mmvolo.datasets.toy_cityscapes import (

@@ -395,8 +395,8 @@ def test_tool_checks_and_load_from_take_a_url(torch_home, server):
     from mmengine.config import Config
     from tool_helpers import TOY_CONFIG
 
-    from mmvolo.apis import UsageError, check_checkpoint, check_load_from
-    from mmvolo.apis.checks import expected_shapes
+    from mmvolo.cli import UsageError, check_checkpoint, check_load_from
+    from mmvolo.cli.checks import expected_shapes
 
     cfg = Config.fromfile(str(TOY_CONFIG))
     weights = {key: torch.zeros(shape) for key, shape in expected_shapes(cfg).items()}

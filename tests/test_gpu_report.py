@@ -25,7 +25,7 @@ import pytest
 import torch
 from tool_helpers import run_tool_in_process, single_line_error
 
-from mmvolo.apis import UsageError
+from mmvolo.cli import UsageError
 
 ALL_STAGES = ['kernels', 'ops', 'backbone', 'training', 'throughput', 'memory', 'profile']
 

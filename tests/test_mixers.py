@@ -360,7 +360,7 @@ def test_benchmark_runs_on_a_tiny_size(tmp_path, capsys):
 
 
 def test_benchmark_bad_arguments_are_usage_errors(tmp_path):
-    from mmvolo.apis import UsageError
+    from mmvolo.cli import UsageError
 
     bench = _benchmark_module()
     for argv, match in ((['--batch', '0'], '--batch'), (['--sizes', '64'], '--sizes'),

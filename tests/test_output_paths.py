@@ -7,8 +7,8 @@ import os
 import pytest
 from mmengine.config import Config
 
-from mmvolo.apis import UsageError
-from mmvolo.apis.output_paths import check_output_folders, data_folders
+from mmvolo.cli import UsageError
+from mmvolo.cli.output_paths import check_output_folders, data_folders
 
 
 def ade_like(root) -> Config:

@@ -9,8 +9,8 @@ import torch
 from mmengine.config import Config
 from tool_helpers import TOY_CONFIG, make_tiny_data, run_tool_in_process, write_tiny_config
 
-from mmvolo.apis import UsageError, check_load_from, resolve_resume
-from mmvolo.apis.checks import expected_shapes
+from mmvolo.cli import UsageError, check_load_from, resolve_resume
+from mmvolo.cli.checks import expected_shapes
 
 
 def checkpoint(path, iteration: int):

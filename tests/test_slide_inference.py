@@ -188,7 +188,7 @@ def test_the_segmentor_class_is_an_mmseg_encoder_decoder():
     from mmengine.registry import MODELS
     from mmseg.models.segmentors import EncoderDecoder
 
-    from mmvolo.apis.checks import _is_segmentor
+    from mmvolo.cli.checks import _is_segmentor
     from mmvolo.models import segmentors
 
     builder = MODELS.get('BatchedSlideEncoderDecoder')
@@ -201,7 +201,7 @@ CITYSCAPES = sorted((ROOT / 'configs/volo').glob('volo-d*_cityscapes-*.py'))
 
 
 def test_cityscapes_configs_batch_their_windows():
-    from mmvolo.apis.checks import check_seg_config
+    from mmvolo.cli.checks import check_seg_config
     from mmvolo.models.segmentors.batched_slide import slide_windows
 
     assert len(CITYSCAPES) == 10

@@ -1,6 +1,6 @@
 """Bad input to the tools ends in one clear line and an exit code, never a traceback.
 
-The checks themselves (:mod:`mmvolo.apis.checks`) are tested directly; one subprocess per
+The checks themselves (:mod:`mmvolo.cli.checks`) are tested directly; one subprocess per
 case confirms what a user sees (they run concurrently to keep the suite short).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tool_helpers import (
     tool_env,
 )
 
-from mmvolo.apis import (
+from mmvolo.cli import (
     UsageError,
     check_arch,
     check_checkpoint,

@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO and its modules
 from mmvolo import runtime  # the stack fixes, before mmseg loads
-from mmvolo.apis import (
+from mmvolo.cli import (
     UsageError,
     apply_work_dir,
     check_arch,
@@ -30,9 +30,9 @@ from mmvolo.apis import (
     prepare_device,
     run_tool,
 )
-from mmvolo.apis.arguments import ToolArgumentParser
-from mmvolo.apis.launch import require_folder
-from mmvolo.apis.output_paths import check_output_folders
+from mmvolo.cli.arguments import ToolArgumentParser
+from mmvolo.cli.launch import require_folder
+from mmvolo.cli.output_paths import check_output_folders
 from mmvolo.datasets.loader_settings import fit_persistent_workers
 
 

@@ -18,7 +18,7 @@ from mmengine.runner import Runner
 
 import mmvolo  # noqa: F401 - registers VOLO, its hooks and optimizer constructor
 from mmvolo import runtime  # the stack fixes, before mmseg loads
-from mmvolo.apis import (
+from mmvolo.cli import (
     UsageError,
     apply_work_dir,
     check_arch,
@@ -35,8 +35,8 @@ from mmvolo.apis import (
     resolve_resume,
     run_tool,
 )
-from mmvolo.apis.arguments import ToolArgumentParser
-from mmvolo.apis.output_paths import check_output_folders
+from mmvolo.cli.arguments import ToolArgumentParser
+from mmvolo.cli.output_paths import check_output_folders
 from mmvolo.datasets.loader_settings import fit_persistent_workers, train_batch_size
 from mmvolo.models.single_value_bn import guard_single_value_batchnorm
 

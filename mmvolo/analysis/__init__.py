@@ -2,5 +2,5 @@
 
 Nothing here is imported by ``import mmvolo``. Each module has ``main(argv)``; the scripts in
 ``tools/analysis/`` parse nothing themselves and call it through
-:func:`mmvolo.apis.run_tool` (one-line errors, exit codes).
+:func:`mmvolo.cli.run_tool` (one-line errors, exit codes).
 """

@@ -47,8 +47,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mmvolo.apis import UsageError
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
+from mmvolo.cli import UsageError
+from mmvolo.cli.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.models import DWConvMixer, Involution, LocalSelfAttention, OutlookAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
 

@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
+from mmvolo.cli import UsageError, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {

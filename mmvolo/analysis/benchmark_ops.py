@@ -57,8 +57,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mmvolo.apis import UsageError
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
+from mmvolo.cli import UsageError
+from mmvolo.cli.arguments import ToolArgumentParser, check_output_folder, write_json_report
 from mmvolo.ops import known_impls, outlook_attention, unsupported_reason
 from mmvolo.ops.outlook import select_impl
 

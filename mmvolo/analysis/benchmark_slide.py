@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mmvolo.apis import UsageError, load_config
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
+from mmvolo.cli import UsageError, load_config
+from mmvolo.cli.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / 'configs/volo/volo-d1_upernet_8xb2-80k_cityscapes-512x1024.py'

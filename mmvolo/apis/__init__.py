@@ -1,35 +1,21 @@
-"""Helpers behind mmvolo's command-line tools (``tools/train.py``, ``test.py``, ``inference.py``).
+"""Deprecated package path: the tools' helpers live in :mod:`mmvolo.cli`.
 
-Importing this package applies :mod:`mmvolo.runtime` (the tools need the stack fixes).
-:mod:`.checks` turns bad input (wrong config, missing data, unknown arch, foreign checkpoint)
-into one-line :class:`UsageError` messages that name the fix; :mod:`.load_from` refuses
-``load_from`` files that do not fit the backbone; :mod:`.resume` picks an intact checkpoint to
-resume from; :mod:`.launch` loads configs and prepares the Runner for the machine it runs on.
+``mmvolo.apis`` is where an OpenMMLab reader expects ``init_model`` / ``inference_model``
+(mmseg's own ``mmseg.apis`` holds those for mmvolo's models), so the command-line helpers
+moved to ``mmvolo.cli``. ``mmvolo.apis`` and its submodules (``mmvolo.apis.checks``, ...)
+still import, with one DeprecationWarning. Removed in the release after next.
 """
-from .. import runtime  # noqa: F401  (the tools' explicit opt-in to the stack fixes)
-from .checks import (
-    UsageError,
-    check_arch,
-    check_checkpoint,
-    check_data_files,
-    check_data_roots,
-    check_seg_config,
-    load_config,
-)
-from .launch import (
-    apply_work_dir,
-    enable_amp,
-    is_main_process,
-    parse_tool_args,
-    prepare_device,
-    run_tool,
-    set_local_rank,
-)
-from .load_from import check_load_from
-from .resume import checkpoint_meta, resolve_resume
+import importlib
+import sys
+import warnings
 
-__all__ = ['UsageError', 'apply_work_dir', 'check_arch', 'check_checkpoint', 'check_data_files',
-           'check_data_roots',
-           'check_load_from', 'check_seg_config', 'checkpoint_meta', 'enable_amp',
-           'is_main_process', 'load_config', 'parse_tool_args', 'prepare_device',
-           'resolve_resume', 'run_tool', 'set_local_rank']
+from ..cli import *  # noqa: F401,F403
+from ..cli import __all__  # noqa: F401
+
+_SUBMODULES = ('arguments', 'checks', 'launch', 'load_from', 'output_paths', 'resume')
+for _name in _SUBMODULES:
+    globals()[_name] = sys.modules[f'{__name__}.{_name}'] = importlib.import_module(
+        f'mmvolo.cli.{_name}')
+
+warnings.warn('mmvolo.apis is deprecated; import the tools\' helpers from mmvolo.cli',
+              DeprecationWarning, stacklevel=2)

@@ -13,7 +13,7 @@ map) pairs the DataLoader would read. Then, per split (one dataset config):
 - the pipeline's ``LoadAnnotations(reduce_zero_label=...)`` against the dataset's.
 
 Every problem is one :attr:`SplitReport.findings` line that names the fix. Nothing here
-raises on bad data; :func:`mmvolo.apis.check_data_files` turns the first finding into the
+raises on bad data; :func:`mmvolo.cli.check_data_files` turns the first finding into the
 tools' one-line error, ``tools/misc/check_dataset.py`` prints the whole report.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 The work is done by :mod:`mmvolo.analysis.benchmark_slide`; this file is its command line.
 """
 from mmvolo.analysis.benchmark_slide import main
-from mmvolo.apis import run_tool
+from mmvolo.cli import run_tool
 
 if __name__ == '__main__':
     run_tool(main)

@@ -25,9 +25,9 @@ import os.path as osp
 
 import numpy as np
 
-from mmvolo.apis import UsageError, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
-from mmvolo.apis.output_paths import check_output_folders
+from mmvolo.cli import UsageError, load_config, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser, add_cfg_options
+from mmvolo.cli.output_paths import check_output_folders
 from mmvolo.fileio import write_bytes_atomic, write_text_atomic
 
 

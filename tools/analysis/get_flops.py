@@ -15,9 +15,9 @@ import time
 
 from mmengine.config import Config
 
-import mmvolo  # noqa: F401  (registers VOLO; mmvolo.apis applies mmvolo.runtime)
-from mmvolo.apis import UsageError, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
+import mmvolo  # noqa: F401  (registers VOLO; mmvolo.cli applies mmvolo.runtime)
+from mmvolo.cli import UsageError, load_config, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.utils import config_complexity
 
 

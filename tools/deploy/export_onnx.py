@@ -7,7 +7,7 @@
 The work is done by :mod:`mmvolo.deploy.onnx_export`; this file is its command line.
 See docs/deploy.md.
 """
-from mmvolo.apis import run_tool
+from mmvolo.cli import run_tool
 from mmvolo.deploy.onnx_export import main
 
 if __name__ == '__main__':

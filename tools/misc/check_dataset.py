@@ -19,9 +19,9 @@ import argparse
 import sys
 import time
 
-import mmvolo  # noqa: F401  (registers VOLO; mmvolo.apis applies mmvolo.runtime)
-from mmvolo.apis import UsageError, check_data_roots, load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
+import mmvolo  # noqa: F401  (registers VOLO; mmvolo.cli applies mmvolo.runtime)
+from mmvolo.cli import UsageError, check_data_roots, load_config, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.datasets.loader_settings import DATALOADERS, dataloader_problems
 from mmvolo.datasets.preflight import check_datasets, format_report
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import mmvolo  # noqa: F401  (registers VOLO; mmvolo.apis applies mmvolo.runtime)
-from mmvolo.apis import load_config, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
+import mmvolo  # noqa: F401  (registers VOLO; mmvolo.cli applies mmvolo.runtime)
+from mmvolo.cli import load_config, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser, add_cfg_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

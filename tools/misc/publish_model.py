@@ -21,9 +21,9 @@ import os
 import os.path as osp
 from typing import Any
 
-from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
-from mmvolo.apis.checks import read_checkpoint_for_tool
+from mmvolo.cli import UsageError, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser
+from mmvolo.cli.checks import read_checkpoint_for_tool
 from mmvolo.fileio import write_bytes_atomic
 
 #: What a published checkpoint keeps; everything else is training state.

@@ -27,8 +27,8 @@ import errno
 import os
 import signal
 
-from mmvolo.apis import UsageError, run_tool
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.cli import UsageError, run_tool
+from mmvolo.cli.arguments import ToolArgumentParser
 from mmvolo.converter import (
     ImageSizeError,
     OutputPathError,

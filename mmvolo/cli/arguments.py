@@ -1,7 +1,7 @@
 """Command-line parsing for the tools: errors are one-line :class:`UsageError` messages.
 
 argparse prints a usage block and ``prog: error: ...`` on bad arguments; the tools built on
-:func:`mmvolo.apis.run_tool` print one line ``error: ...`` instead (exit code 2 as argparse's),
+:func:`mmvolo.cli.run_tool` print one line ``error: ...`` instead (exit code 2 as argparse's),
 so a wrong argument looks like every other bad input.
 """
 from __future__ import annotations

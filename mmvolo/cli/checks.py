@@ -11,6 +11,10 @@ from typing import Any
 
 from mmengine.config import Config
 
+# One UsageError for every tool, torch-side and torch-free: mmvolo_runtime's (stdlib only), so
+# a helper shared with the runtime (mmvolo_runtime.inputs) raises what run_tool catches.
+from mmvolo_runtime.errors import UsageError
+
 from ..checkpoint import (
     CheckpointError,
     UntrustedCheckpointError,
@@ -39,12 +43,6 @@ DATA_HINTS = {
 EXAMPLE_CONFIG = 'configs/volo/volo-toy_upernet_1xb2-800iter_toy-64x64.py'
 
 
-class UsageError(Exception):
-    """Bad input to a tool; the message is one line that says what to do."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
