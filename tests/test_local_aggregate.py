@@ -14,7 +14,9 @@ Oracles (all in this file or outside mmvolo's new code):
 * deformable: ``torchvision.ops.deform_conv2d`` (DCNv1: no mask; DCNv2: mask; DCNv3: the
   softmax of the mask applied first; DCNv4: unnormalised, through the fused-layout adapter)
   and, independently, a ``F.grid_sample`` formula (a second, independent backward); the
-  DCNv3 layout against a grid_sample oracle written in DCNv3's own layout.
+  DCNv3 layout against a grid_sample oracle written in DCNv3's own layout;
+* deformable outlook (offsets with ``fold=True``): a ``F.grid_sample`` gather + ``F.fold``
+  formula and, independently, torchvision per output tap + an explicit index scatter.
 
 Both impls ('reference', 'fast') are checked against the oracles; the fast path's
 hand-written backwards pass ``gradcheck``; fp32 / bf16 against fp64 with per-dtype
@@ -578,6 +580,139 @@ def test_layout_round_trips():
 
 
 # ------------------------------------------------------------------------------------------
+# Deformable outlook: offsets with fold=True
+# ------------------------------------------------------------------------------------------
+
+def deform_fold_oracle(v, weight, offset, k, s, p, d, groups, softmax):
+    """Samples at the deformed positions by F.grid_sample (per tap, per offset group), the
+    per-window product with the (softmaxed) K*K x K*K weights, then F.fold onto the fixed
+    integer positions. v (B, H, W, C), weight (B, Ho, Wo, G, KK, KK) or (G, KK, KK), offset
+    (B, Ho, Wo, Go, KK, 2) as (dy, dx)."""
+    batch, height, width, channels = v.shape
+    out_h, out_w, off_groups = offset.shape[1], offset.shape[2], offset.shape[3]
+    kk = k * k
+    cgo = channels // off_groups
+    xg = v.permute(0, 3, 1, 2).reshape(batch * off_groups, cgo, height, width)
+    rows = (torch.arange(out_h, dtype=v.dtype) * s - p)[:, None]
+    cols = (torch.arange(out_w, dtype=v.dtype) * s - p)[None, :]
+    taps = []
+    for tap in range(kk):
+        a, b = divmod(tap, k)
+        y = rows + a * d + offset[..., tap, 0].permute(0, 3, 1, 2)  # (B, Go, Ho, Wo)
+        x = cols + b * d + offset[..., tap, 1].permute(0, 3, 1, 2)
+        grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)
+        sample = F.grid_sample(xg, grid.reshape(batch * off_groups, out_h, out_w, 2),
+                               mode='bilinear', padding_mode='zeros', align_corners=False)
+        taps.append(sample.reshape(batch, channels, out_h, out_w))
+    samples = torch.stack(taps, dim=2)  # (B, C, KK k_in, Ho, Wo)
+    attn = weight.softmax(-1) if softmax else weight
+    attn = attn.expand(batch, out_h, out_w, groups, kk, kk)
+    per_channel = attn.repeat_interleave(channels // groups, dim=3)  # (B, Ho, Wo, C, KK, KK)
+    y = torch.einsum('bhwcoi,bcihw->bcohw', per_channel, samples)
+    return F.fold(y.reshape(batch, channels * kk, out_h * out_w), (height, width), k,
+                  dilation=d, padding=p, stride=s).permute(0, 2, 3, 1)
+
+
+def deform_fold_torchvision(v, weight, offset, k, s, p, d, groups, softmax):
+    """Second oracle (Go = G): output tap k_o of every window is torchvision's deformable
+    conv with mask A[..., k_o, :]; placed on its fixed positions by an explicit index
+    scatter (positions outside the image dropped)."""
+    batch, height, width, channels = v.shape
+    out_h, out_w = offset.shape[1:3]
+    kk = k * k
+    attn = weight.softmax(-1) if softmax else weight
+    attn = attn.expand(batch, out_h, out_w, groups, kk, kk)
+    off_tv = offset.permute(0, 3, 4, 5, 1, 2).reshape(batch, groups * kk * 2, out_h, out_w)
+    ones = torch.ones(channels, 1, k, k, dtype=v.dtype)
+    x = v.permute(0, 3, 1, 2)
+    out = v.new_zeros(batch, channels, height * width)
+    for k_o in range(kk):
+        mask = attn[..., k_o, :].permute(0, 3, 4, 1, 2).reshape(batch, groups * kk, out_h,
+                                                                out_w)
+        y = torchvision_ops.deform_conv2d(x, off_tv, ones, mask=mask, stride=s, padding=p,
+                                          dilation=d)  # (B, C, Ho, Wo)
+        a, b = divmod(k_o, k)
+        for i in range(out_h):
+            for j in range(out_w):
+                r, c = i * s - p + a * d, j * s - p + b * d
+                if 0 <= r < height and 0 <= c < width:
+                    out[:, :, r * width + c] = out[:, :, r * width + c] + y[:, :, i, j]
+    return out.view(batch, channels, height, width).permute(0, 2, 3, 1)
+
+
+DEFORM_FOLD_CASES = [  # (H, W, K, S, P, D, G, Go, C)
+    (5, 7, 3, 2, 1, 1, 3, 3, 6),  # VOLO's ceil grid: 3 x 4
+    (6, 5, 3, 1, 1, 1, 3, 1, 9),  # offset groups != weight groups
+    (7, 6, 3, 2, 2, 2, 3, 3, 15),  # dilation 2, group width 5
+    (5, 4, 2, 2, 1, 1, 1, 2, 4),  # even K
+    (1, 1, 3, 1, 1, 1, 1, 1, 2),
+]
+
+
+def deform_fold_inputs(gen, case, static: bool = False):
+    height, width, k, s, p, d, groups, off_groups, channels = case
+    out_h, out_w = out_size(height, k, s, p, d), out_size(width, k, s, p, d)
+    kk = k * k
+    v = randn(gen, 2, height, width, channels)
+    weight = randn(gen, groups, kk, kk) if static else randn(gen, 2, out_h, out_w, groups,
+                                                            kk, kk)
+    off = randn(gen, 2, out_h, out_w, off_groups, kk, 2, scale=1.5)
+    flat = off.view(-1)
+    pick = torch.randperm(flat.numel(), generator=gen)[:max(1, flat.numel() // 10)]
+    flat[pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, -1.0,
+                             1.0).to(F64) * (height + 2 + 0.37)  # fully outside
+    return v, weight, off + 0.0173  # off the integer grid
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('case', DEFORM_FOLD_CASES, ids=str)
+@pytest.mark.parametrize('softmax', [True, False], ids=['softmax', 'raw'])
+def test_deformable_fold_equals_grid_sample_fold(impl, case, softmax):
+    """Offsets with fold=True: inputs read at the deformed positions, outputs scattered onto
+    the fixed ones; values and the value, weight and offset gradients."""
+    height, width, k, s, p, d, groups, off_groups, _ = case
+    gen = torch.Generator().manual_seed(18)
+    inputs = list(deform_fold_inputs(gen, case))
+    norm = 'softmax' if softmax else None
+
+    def ours(v, w, o):
+        return local_aggregate(v, w, k, s, p, d, groups, offset=o, normalize=norm, fold=True,
+                               impl=impl)
+
+    want = value_and_grads(
+        lambda v, w, o: deform_fold_oracle(v, w, o, k, s, p, d, groups, softmax), inputs)
+    got = value_and_grads(ours, inputs)
+    assert_equal(got, want)
+    if off_groups == groups:
+        tv = value_and_grads(
+            lambda v, w, o: deform_fold_torchvision(v, w, o, k, s, p, d, groups, softmax),
+            inputs)
+        assert_equal(tv, want)  # the two oracles (two independent backwards) agree
+        assert_equal(got, tv)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_deformable_fold_static_weights_and_zero_offsets(impl):
+    """Static (G, KK, KK) weights with offsets; zero offsets give plain outlook exactly."""
+    case = (7, 5, 3, 2, 1, 1, 3, 3, 6)
+    height, width, k, s, p, d, groups, _, _ = case
+    gen = torch.Generator().manual_seed(19)
+    inputs = list(deform_fold_inputs(gen, case, static=True))
+    want = value_and_grads(
+        lambda v, w, o: deform_fold_oracle(v, w, o, k, s, p, d, groups, True), inputs)
+    got = value_and_grads(lambda v, w, o: local_aggregate(
+        v, w, k, s, p, d, groups, offset=o, normalize='softmax', fold=True, impl=impl), inputs)
+    assert_equal(got, want)
+    v, _, off = inputs
+    w = randn(gen, 2, *off.shape[1:3], groups, 9, 9)
+    plain = local_aggregate(v, w, k, s, p, d, groups, normalize='softmax', fold=True,
+                            impl=impl)
+    zero = local_aggregate(v, w, k, s, p, d, groups, offset=torch.zeros_like(off),
+                           normalize='softmax', fold=True, impl=impl)
+    assert_equal([zero], [plain], 1e-12)
+
+
+# ------------------------------------------------------------------------------------------
 # Fast path: gradcheck, blocking, determinism, dtypes
 # ------------------------------------------------------------------------------------------
 
@@ -599,11 +734,17 @@ GRADCHECK_CASES = {  # name -> (fn, input shapes) on B=1, C=4, 5x7 (deformable 4
                      [(1, 4, 5, 4), (1, 4, 5, 2, 9), (1, 4, 5, 2, 9, 2)]),
     'deform_static_s2': (lambda v, w, o: local_aggregate(v, w, 2, 2, 1, groups=4, offset=o),
                          [(1, 4, 5, 4), (4, 4), (1, 3, 3, 1, 4, 2)]),
+    'deform_fold_s2': (lambda v, w, o: local_aggregate(v, w, 3, 2, 1, groups=3, offset=o,
+                                                       normalize='softmax', fold=True),
+                       [(1, 5, 4, 6), (1, 3, 2, 3, 9, 9), (1, 3, 2, 1, 9, 2)]),
+    'deform_fold_static': (lambda v, w, o: local_aggregate(v, w, 2, 1, 0, groups=2, offset=o,
+                                                           fold=True),
+                           [(1, 3, 4, 4), (2, 4, 4), (1, 2, 3, 2, 4, 2)]),
 }
 
 
 #: full Jacobians for these; the larger ones check random projections (fast_mode)
-FULL_GRADCHECK = ('static_softmax', 'deform_static_s2')
+FULL_GRADCHECK = ('static_softmax', 'deform_static_s2', 'deform_fold_static')
 
 
 @pytest.mark.parametrize('name', list(GRADCHECK_CASES))
@@ -641,11 +782,15 @@ def _all_configs(impl: str):
             [v, randn(gen, *v.shape), randn(gen, *v.shape)]),
         'deform': (lambda x, o, m: deform_aggregate(x, o, m, 3, 1, 1, impl=impl),
                    [x, off, mask]),
+        'deform_fold': (lambda v, w, o: local_aggregate(v, w, 3, 2, 1, groups=3, offset=o,
+                                                        normalize='softmax', fold=True,
+                                                        impl=impl),
+                        list(deform_fold_inputs(gen, (7, 9, 3, 2, 1, 1, 3, 1, 6)))),
     }
 
 
 @pytest.mark.parametrize('config', ['involution', 'dwconv', 'outlook', 'sasa', 'clamp',
-                                    'deform'])
+                                    'deform', 'deform_fold'])
 def test_fast_independent_of_row_blocks_and_deterministic(config, monkeypatch):
     """One block, one row per block and two rows per block give one result (the blocks'
     sums overlap for fold and deformable); a second run is bitwise identical."""
@@ -665,7 +810,7 @@ def test_fast_independent_of_row_blocks_and_deterministic(config, monkeypatch):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize('config', ['involution', 'dwconv', 'outlook', 'sasa', 'clamp',
-                                    'deform'])
+                                    'deform', 'deform_fold'])
 def test_low_precision_vs_float64(config, dtype):
     """The fast path on fp32 / bf16 inputs vs the fp64 reference on the same rounded inputs:
     values within DTYPE_TOL (relative to the output's scale), output dtype kept."""

@@ -37,7 +37,12 @@ The op, with ``A = softmax_k(weight)`` for ``normalize='softmax'`` (over the K*K
 
     fold=False:  out[n, c] = sum_k A[n, g(c), k] * V[pos(n, k), c]                 (B, Ho, Wo, C)
     fold=True:   Y[n, k_o, c] = sum_{k_in} A[n, g(c), k_o, k_in] * V[pos(n, k_in), c]
-                 out[p, c]    = sum_{(n, k_o): pos(n, k_o) = p} Y[n, k_o, c]         (B, H, W, C)
+                 out[p, c]    = sum_{(n, k_o): pos0(n, k_o) = p} Y[n, k_o, c]        (B, H, W, C)
+
+where ``pos`` includes the offsets (``pos(n, k) = pos0(n, k) + offset[n, go(c), k]``, go(c)
+= c // (C/Go)) and ``pos0`` is the fixed integer window position: with offsets and ``fold``
+the K*K inputs of a window are read at the deformed positions, its K*K outputs are scattered
+onto the fixed ones (outlook's fold; positions outside the image are dropped).
 
 ``fold=True`` is outlook attention (VOLO Eq. 3-5, :mod:`.outlook_attention`): logits (B, h,
 w, heads*K^4) are ``weight = logits.view(B, h, w, heads, K*K, K*K)`` with ``normalize=
@@ -173,8 +178,6 @@ def check_aggregate_inputs(geom: Geometry, weight: torch.Tensor, groups: int,
                          f'static {tail}')
     off_groups = 0
     if offset is not None:
-        if fold:
-            raise ValueError(f'{OP}: offsets with fold=True are not supported (phase 1)')
         if geom.boundary != 'zeros':
             raise ValueError(f"{OP}: offsets need boundary='zeros', got {geom.boundary!r}")
         head = (geom.batch, geom.out_h, geom.out_w)

@@ -267,11 +267,11 @@ class DeformSampler:
         return None if samples is None else samples.view(*shape[:3], -1)
 
 
-def _corner_cache_elems(geom: Geometry, offset: torch.Tensor) -> int:
+def _corner_cache_elems(geom: Geometry, offset: torch.Tensor | None) -> int:
     """4-byte words per output pixel of DeformSampler's corner cache: 4 corners x K*K taps x
-    Go groups x (an int64 index + 3 weights). (int32 indices would halve the index part,
-    but make ``index_add_`` 3x slower on CPU.)"""
-    return 20 * geom.taps * offset.shape[3]
+    Go groups x (an int64 index + 3 weights); 0 without offsets. (int32 indices would halve
+    the index part, but make ``index_add_`` 3x slower on CPU.)"""
+    return 0 if offset is None else 20 * geom.taps * offset.shape[3]
 
 
 def _weight_tap(attn: torch.Tensor, static: bool, r0: int, r1: int, k: int) -> torch.Tensor:
@@ -316,16 +316,17 @@ def aggregate_forward(value: torch.Tensor, attn: torch.Tensor, offset: torch.Ten
                 s = s if static else s.unflatten(-1, split)
                 block.addcmul_(s, _weight_tap(attn, static, r0, r1, k))
         return out if static else out.flatten(-2)
-    out = sampler.new_grad(value)
-    for r0, r1 in blocks_of(geom, geom.channels * kk * 2):
+    fixed = sampler if offset is None else FixedSampler(geom)  # fold: fixed positions
+    out = fixed.new_grad(value)
+    for r0, r1 in blocks_of(geom, geom.channels * kk * 2 + _corner_cache_elems(geom, offset)):
         win = _windows(sampler, src, r0, r1, split, kk)
         y = torch.matmul(_weight_block(attn, static, r0, r1), win)
         for k in range(kk):
-            sampler.scatter(out, r0, r1, k, y[..., k, :])
-    return sampler.finish(out)
+            fixed.scatter(out, r0, r1, k, y[..., k, :])
+    return fixed.finish(out)
 
 
-def _windows(sampler: FixedSampler, src: torch.Tensor, r0: int, r1: int,
+def _windows(sampler: FixedSampler | DeformSampler, src: torch.Tensor, r0: int, r1: int,
              split: tuple[int, int], kk: int) -> torch.Tensor:
     """(B, r, Wo, G, K*K, C/G): the K*K samples of rows [r0, r1)."""
     g = sampler.geom
@@ -347,24 +348,8 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
     kk = geom.taps
     grad_attn = attn.new_zeros(attn.shape) if need_w else None
     if fold:
-        grad_buf = sampler.new_grad(value) if need_v else None
-        gsrc = sampler.prepare(grad_out)
-        for r0, r1 in blocks_of(geom, geom.channels * kk * 4):
-            gy = _windows(sampler, gsrc, r0, r1, split, kk)
-            a_blk = _weight_block(attn, static, r0, r1)
-            if need_w:
-                win = _windows(sampler, src, r0, r1, split, kk)
-                ga = torch.matmul(gy, win.transpose(-1, -2))
-                if static:
-                    grad_attn += ga.sum(dim=(0, 1, 2))
-                else:
-                    grad_attn[:, r0:r1] = ga
-            if need_v:
-                gwin = torch.matmul(a_blk.transpose(-1, -2), gy)
-                for k in range(kk):
-                    sampler.scatter(grad_buf, r0, r1, k, gwin[..., k, :])
-        grad_v = None if grad_buf is None else sampler.finish(grad_buf)
-        return grad_v, grad_attn, None
+        return _fold_backward(grad_out, src, attn, offset, sampler, geom, split, static,
+                              (need_v, need_w, need_off))
     g_all = grad_out if static else grad_out.unflatten(-1, split)
     if static:  # per-channel taps (K*K, C), their gradient reduced to (G, K*K) at the end
         static_shape, attn = attn.shape, _per_channel_taps(attn, geom.channels)
@@ -399,6 +384,47 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
                     grad_attn[:, r0:r1, :, :, k] = (g * s.unflatten(-1, split)).sum(-1)
     if static and need_w:
         grad_attn = grad_attn.t().reshape(static_shape[0], -1, kk).sum(1)
+    grad_v = None if grad_buf is None else sampler.finish(grad_buf)
+    return grad_v, grad_attn, grad_off
+
+
+def _fold_backward(grad_out: torch.Tensor, src: torch.Tensor, attn: torch.Tensor,
+                   offset: torch.Tensor | None, sampler: FixedSampler | DeformSampler,
+                   geom: Geometry, split: tuple[int, int], static: bool,
+                   needs: tuple[bool, bool, bool]) -> tuple:
+    """Fold's backward: gY = the windows of grad_out at the fixed positions, grad_A = gY @
+    win^T, grad_win = A^T @ gY sent back through the sampler (bilinear with offsets, which
+    also yields the offset gradient)."""
+    need_v, need_w, need_off = needs
+    kk = geom.taps
+    deform = offset is not None
+    fixed = FixedSampler(geom) if deform else sampler
+    grad_attn = attn.new_zeros(attn.shape) if need_w else None
+    if deform:
+        grad_buf = torch.zeros_like(src) if need_v else None
+        grad_off = offset.new_zeros(offset.shape) if need_off else None
+    else:
+        grad_buf = sampler.new_grad(src) if need_v else None
+        grad_off = None
+    gsrc = fixed.prepare(grad_out)
+    for r0, r1 in blocks_of(geom, geom.channels * kk * 4 + _corner_cache_elems(geom, offset)):
+        gy = _windows(fixed, gsrc, r0, r1, split, kk)
+        if need_w:
+            win = _windows(sampler, src, r0, r1, split, kk)
+            ga = torch.matmul(gy, win.transpose(-1, -2))
+            if static:
+                grad_attn += ga.sum(dim=(0, 1, 2))
+            else:
+                grad_attn[:, r0:r1] = ga
+        if not (need_v or grad_off is not None):
+            continue
+        gwin = torch.matmul(_weight_block(attn, static, r0, r1).transpose(-1, -2), gy)
+        for k in range(kk):
+            if deform:
+                sampler.backward_tap(src, grad_buf, grad_off, r0, r1, k,
+                                     gwin[..., k, :].flatten(-2), need_samples=False)
+            else:
+                sampler.scatter(grad_buf, r0, r1, k, gwin[..., k, :])
     grad_v = None if grad_buf is None else sampler.finish(grad_buf)
     return grad_v, grad_attn, grad_off
 
