@@ -106,7 +106,8 @@ def set_local_rank(local_rank: int) -> None:
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
 
 
-def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+def parse_tool_args(parser: argparse.ArgumentParser,
+                    argv: list[str] | None = None) -> argparse.Namespace:
     """Add the options every mmvolo tool shares (``--cfg-options``, ``--launcher``,
     ``--local-rank``), parse the command line and export ``LOCAL_RANK``.
 
@@ -117,6 +118,6 @@ def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     return args
