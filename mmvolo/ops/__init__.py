@@ -9,6 +9,7 @@ a failing triton never breaks ``import mmvolo``); the window ops' 'reference' an
 their own modules. A further implementation is one module registering itself, imported here.
 """
 from . import (  # noqa: F401  (register themselves)
+    local_aggregate_triton,  # noqa: F401  (registers local_aggregate's 'triton', maybe as unavailable)
     outlook_chunked,
     outlook_reference,
     outlook_triton,  # noqa: F401  (registers 'triton', maybe as unavailable)
