@@ -10,7 +10,7 @@ max(1, max|ref|), tolerance 1e-5), plus bf16 / fp16 on one case (tolerance 2 * e
 the reduction length). Shapes are tiny and odd: pixel counts not multiples of the kernel's
 32-pixel tile (masked edge tiles), stride 2 with the ceil grid, dilation 2, group counts that
 are not powers of two (G = 3, 5), group widths 1-3, offset groups independent of G, offsets
-pushed up to +-(H+2) outside the image.
+pushed up to +-(H+2) outside the image; ``torch.library.opcheck`` of the custom op.
 
 Outside the interpreter (this process: no CUDA), an explicit impl='triton' falls back with
 one ImplFallbackWarning and 'auto' keeps the CPU fast path.
@@ -136,10 +136,31 @@ def _triton_worker() -> None:
         got = value_and_grads('triton', value, weight, None, grad, kwargs)
         results['cases'][str(dtype)[6:]] = rel_errors(got, want) + [
             all(t.dtype == dtype for t in got)]
+    results['opcheck'] = _opcheck()
     value, weight = make_case(CASES['involution'], torch.float32)[:2]
     results['auto'] = LOCAL_AGGREGATE_IMPLS.select(value, weight)
     results['explicit'] = LOCAL_AGGREGATE_IMPLS.select(value, weight, impl='triton')
     print('RESULTS ' + json.dumps(results))
+
+
+def _opcheck() -> str:
+    """torch.library.opcheck of the forward op (schema, fake kernel, autograd, AOT dispatch)
+    on a tiny deformable fold with softmax: 'ok' or the error's first line."""
+    from mmvolo.ops.local_aggregate_triton import triton_forward  # noqa: F401  (registers)
+    gen = torch.Generator().manual_seed(3)
+    value = torch.randn(1, 5, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1, 3, 2, 2, 9, 9, generator=gen, dtype=torch.float64,
+                         requires_grad=True)
+    offset = torch.randn(1, 3, 2, 2, 9, 2, generator=gen, dtype=torch.float64,
+                         requires_grad=True)
+    # K, S, P, D, clamp, Ho, Wo, G, Go, softmax, fold, static
+    params = (3, 2, 1, 1, 0, 3, 2, 2, 2, 1, 1, 0)
+    try:
+        torch.library.opcheck(torch.ops.mmvolo.local_aggregate_triton_fwd.default,
+                              (value, weight, offset, *params))
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        return str(error).splitlines()[0]
+    return 'ok'
 
 
 @pytest.fixture(scope='module')
@@ -158,7 +179,7 @@ def triton_results() -> dict:
     return json.loads(lines[-1][len('RESULTS '):])
 
 
-@pytest.mark.slow(seconds=1.5)  # x28: one interpreted subprocess (the fixture), ~40 s in all
+@pytest.mark.slow(seconds=1.5)  # x28: one interpreted subprocess (the fixture), ~45 s in all
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 @pytest.mark.parametrize('name', list(CASES))
 def test_triton_matches_reference(triton_results, name, dtype):
@@ -176,6 +197,10 @@ def test_triton_low_precision(triton_results, dtype):
     # 2 * eps * L, L = K*K terms per output (the value gradient sums K*K too; the weight
     # gradient a C/G = 2 dot product, then the softmax backward's K*K sum)
     assert max(errors) < 2 * torch.finfo(dtype).eps * 9, errors
+
+
+def test_triton_custom_op_passes_opcheck(triton_results):
+    assert triton_results['opcheck'] == 'ok'
 
 
 def test_triton_is_auto_when_interpreted(triton_results):

@@ -576,7 +576,8 @@ def triton_forward(value: torch.Tensor, weight: torch.Tensor, offset: torch.Tens
                    softmax, static)
     kk = kernel_size * kernel_size
     acc = _acc_dtype(value.dtype)
-    lse = value.new_empty(_lse_shape(batch, out_h, out_w, meta['NSEG'], kk, fold) if softmax
+    # fold: rows (n, k_o) landing outside the image are never visited; they stay 0
+    lse = value.new_zeros(_lse_shape(batch, out_h, out_w, meta['NSEG'], kk, fold) if softmax
                           else (0,), dtype=acc)
     out_shape = (batch, height, width, channels) if fold else (batch, out_h, out_w, channels)
     out = value.new_empty(out_shape)
