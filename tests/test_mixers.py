@@ -32,7 +32,7 @@ from literal_mixers import literal_depthwise_conv, literal_involution, literal_l
 
 from mmvolo.models.token_mixers import DWConvMixer, Involution, LocalSelfAttention
 from mmvolo.ops import depthwise_conv, involution, local_attention
-from mmvolo.ops.window_utils import BLOCK_ENV_VAR, row_blocks
+from mmvolo.ops.tiling import BLOCK_ENV_VAR, row_blocks
 from mmvolo.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,14 +178,24 @@ def test_local_attention_masks_outside_neighbours(impl):
 
 
 def test_fast_paths_save_no_unfolded_tensor():
-    """Autograd keeps only the inputs (and, for local attention, K*K weights per head)."""
+    """Autograd keeps only the inputs (and, for local attention, K*K logits per head): every
+    tensor any node of the graph saves, counted once per storage, inputs' storages aside."""
     height, width, kernel_size = 6, 5, 7
     numel = {}
     for op in ('involution', 'local_attention'):
         tensors = [t.requires_grad_() for t in op_inputs(op, height, width, kernel_size)]
-        out = call_op(op, 'fast', tensors, kernel_size)
-        saved = out.grad_fn.saved_tensors
-        numel[op] = sum(t.numel() for t in saved) - sum(t.numel() for t in tensors)
+        inputs = {t.untyped_storage().data_ptr() for t in tensors}
+        saved = {}
+
+        def pack(t, saved=saved, inputs=inputs):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in inputs:
+                saved[ptr] = t.untyped_storage().nbytes() // t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            call_op(op, 'fast', tensors, kernel_size)
+        numel[op] = sum(saved.values())
     assert numel['involution'] == 0
     assert numel['local_attention'] == 2 * height * width * HEADS * kernel_size ** 2
 

@@ -8,7 +8,7 @@ on the same inputs:
 * ``dwconv``: K=3 depthwise conv, static weights (C, 9) vs ``mmvolo.ops.depthwise_conv``;
 * ``involution``: K=3, 12 groups (C/16), per-pixel kernels vs ``mmvolo.ops.involution``;
 * ``sasa``: K=7, 6 heads, logits ``local_similarity(q, k) + q . r`` (relative embedding),
-  softmax, then ``local_aggregate`` vs ``mmvolo.ops.local_attention``;
+  then ``local_aggregate(normalize='softmax')`` vs ``mmvolo.ops.local_attention``;
 * ``outlook``: K=3, stride 2, 6 heads, ``fold=True, normalize='softmax'`` vs
   ``mmvolo.ops.outlook_attention`` ('auto');
 * ``deform``: K=3, 12 offset groups, offsets ~ 2*N(0, 1), DCNv2 mask, via
@@ -87,8 +87,9 @@ def make_case(name: str, batch: int, height: int, width: int, channels: int) -> 
         ins = (q, k, x, rel_h, rel_w)
 
         def uni(q, k, v, rel_h, rel_w):
-            attn = sasa_logits(q, k, rel_h, rel_w, heads, size).softmax(-1)
-            return local_aggregate(v, attn, size, padding=size // 2, groups=heads)
+            logits = sasa_logits(q, k, rel_h, rel_w, heads, size)
+            return local_aggregate(v, logits, size, padding=size // 2, groups=heads,
+                                   normalize='softmax')
 
         ded = lambda q, k, v, rh, rw: local_attention(q, k, v, rh, rw, heads, size)  # noqa
     elif name == 'outlook':

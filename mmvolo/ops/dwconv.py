@@ -7,8 +7,10 @@ with x zero outside the image (stride 1, padding K//2); ``weight`` has ``nn.Conv
 
 * ``'reference'``: the formula with ``F.unfold`` of x into (B, C, K*K, H, W) (holds the
   K*K*C*H*W neighbourhood).
-* ``'fast'`` (``'auto'``): ``F.conv2d(groups=C)`` on the channels-last memory layout (the
-  permuted view of x; no copy), which is what the formula is.
+* ``'fast'`` (``'auto'``): the op as its :func:`~mmvolo.ops.local_aggregate` configuration
+  (static weights ``weight.view(C, K*K)``, ``groups=C``, ``padding=K//2``), whose fast path
+  is ``F.conv2d(groups=C)`` on the channels-last view of x (:mod:`.local_aggregate_kernels`,
+  ``'conv'``); the bias is added after.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import ImplRegistry
-from .window_utils import check_kernel_size, check_tokens
+from .local_aggregate import check_kernel_size, check_tokens, local_aggregate
 
 OP = 'depthwise_conv'
 
@@ -59,11 +61,11 @@ def depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor,
 
 def depthwise_conv_fast(x: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(groups=C)``; shapes as the reference."""
-    size = int(weight.shape[-1])
-    out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=size // 2,
-                   groups=x.shape[-1])
-    return out.permute(0, 2, 3, 1)
+    """Depthwise conv through ``local_aggregate(impl='fast')``; shapes as the reference."""
+    channels, size = x.shape[-1], int(weight.shape[-1])
+    out = local_aggregate(x, weight.view(channels, size * size), size, padding=size // 2,
+                          groups=channels, impl='fast')
+    return out if bias is None else out.add_(bias)
 
 
 #: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.

@@ -66,7 +66,6 @@ from dataclasses import dataclass
 import torch
 
 from .dispatch import ImplRegistry
-from .window_utils import check_kernel_size, check_tokens
 
 OP = 'local_aggregate'
 SIM_OP = 'local_similarity'
@@ -77,6 +76,20 @@ BOUNDARIES = ('zeros', 'clamp')
 # ------------------------------------------------------------------------------------------
 # Geometry
 # ------------------------------------------------------------------------------------------
+
+def check_kernel_size(op: str, kernel_size: int) -> None:
+    """Require an odd window size >= 1 (a centred window keeps the input's shape)."""
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'{op}: kernel_size must be an odd int >= 1 (centred window, '
+                         f'padding K//2), got {kernel_size!r}')
+
+
+def check_tokens(op: str, name: str, x: torch.Tensor) -> None:
+    """Require a 4-d channels-last tensor (B, H, W, C)."""
+    if x.dim() != 4:
+        raise ValueError(f'{op}: {name} must be channels-last (B, H, W, C), got shape '
+                         f'{tuple(x.shape)}')
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -115,6 +128,63 @@ class Geometry:
             idx = i * self.stride - self.padding + a * d
         return idx, (idx >= 0) & (idx < size)
 
+    def tap_slices(self, k: int, rows: tuple[int, int] | None = None
+                   ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+        """Zeros-boundary windows: where tap k = a*K + b lies inside the image, as
+        ``((out_rows, out_cols), (in_rows, in_cols))`` - the output pixels (i, j) (of output
+        rows ``rows = (r0, r1)`` if given) whose tap k is inside, and the input pixels
+        (i*S - P + a*D, j*S - P + b*D) they read (a slice of step S); None when none is."""
+        a, b = divmod(k, self.kernel_size)
+        start, stop = rows or (0, self.out_h)
+        row = _axis_slices((start, min(stop, self.out_h)), a * self.dilation - self.padding,
+                           self.stride, self.height)
+        col = _axis_slices((0, self.out_w), b * self.dilation - self.padding, self.stride,
+                           self.width)
+        if row is None or col is None:
+            return None
+        return (row[0], col[0]), (row[1], col[1])
+
+    def padded_size(self) -> tuple[int, int]:
+        """(Hp, Wp) of a zero-padded buffer, the image at offset (P, P), that holds every
+        window: Hp = max((Ho - 1)*S + D*(K - 1) + 1, P + H) (likewise Wp)."""
+        span = self.dilation * (self.kernel_size - 1) + 1
+        return (max((self.out_h - 1) * self.stride + span, self.padding + self.height),
+                max((self.out_w - 1) * self.stride + span, self.padding + self.width))
+
+    @property
+    def params(self) -> tuple[int, int, int, int, int]:
+        """(K, S, P, D, boundary index): the ints a custom op is called with."""
+        return (self.kernel_size, self.stride, self.padding, self.dilation,
+                BOUNDARIES.index(self.boundary))
+
+
+def _axis_slices(span: tuple[int, int], shift: int, stride: int,
+                 size: int) -> tuple[slice, slice] | None:
+    """Output indices n in [start, stop) with 0 <= n*S + shift < size, and the input
+    positions they land on, as two slices; None when there are none."""
+    start, stop = span
+    lo = max(start, -(shift // stride))  # ceil(-shift / S)
+    hi = min(stop, (size - 1 - shift) // stride + 1)
+    if hi <= lo:
+        return None
+    return slice(lo, hi), slice(lo * stride + shift, (hi - 1) * stride + shift + 1, stride)
+
+
+def geometry_of(shape: tuple[int, ...] | torch.Size, kernel_size: int, stride: int,
+                padding: int, dilation: int, boundary: str | int) -> Geometry:
+    """The Geometry of value shape (B, H, W, C) without validation (:func:`make_geometry`
+    validates); ``boundary`` by name or index."""
+    boundary = boundary if isinstance(boundary, str) else BOUNDARIES[boundary]
+    batch, height, width, channels = (int(n) for n in shape)
+    if boundary == 'clamp':
+        out_h, out_w = height, width
+    else:
+        span = dilation * (kernel_size - 1) + 1
+        out_h = (height + 2 * padding - span) // stride + 1
+        out_w = (width + 2 * padding - span) // stride + 1
+    return Geometry(batch, height, width, channels, kernel_size, stride, padding, dilation,
+                    boundary, out_h, out_w)
+
 
 def make_geometry(op: str, value: torch.Tensor, kernel_size: int, stride: int, padding: int,
                   dilation: int, boundary: str) -> Geometry:
@@ -127,7 +197,7 @@ def make_geometry(op: str, value: torch.Tensor, kernel_size: int, stride: int, p
     if boundary not in BOUNDARIES:
         raise ValueError(f"{op}: boundary must be one of {', '.join(BOUNDARIES)}; got "
                          f'{boundary!r}')
-    batch, height, width, channels = value.shape
+    _, height, width, _ = value.shape
     span = dilation * (kernel_size - 1) + 1
     if boundary == 'clamp':
         check_kernel_size(op, kernel_size)
@@ -139,15 +209,11 @@ def make_geometry(op: str, value: torch.Tensor, kernel_size: int, stride: int, p
             raise ValueError(f"{op}: boundary='clamp' needs every dilation class of the image "
                              f'to hold a window: min(H, W) // D >= K, got H, W = {height}, '
                              f'{width}, D={dilation}, K={kernel_size}')
-        out_h, out_w = height, width
-    else:
-        out_h = (height + 2 * padding - span) // stride + 1
-        out_w = (width + 2 * padding - span) // stride + 1
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f'{op}: the window (K={kernel_size}, D={dilation}, span {span}) '
-                             f'does not fit value {tuple(value.shape)} with padding {padding}')
-    return Geometry(batch, height, width, channels, kernel_size, stride, padding, dilation,
-                    boundary, out_h, out_w)
+    geom = geometry_of(value.shape, kernel_size, stride, padding, dilation, boundary)
+    if geom.out_h < 1 or geom.out_w < 1:
+        raise ValueError(f'{op}: the window (K={kernel_size}, D={dilation}, span {span}) '
+                         f'does not fit value {tuple(value.shape)} with padding {padding}')
+    return geom
 
 
 def value_shape(geom: Geometry) -> tuple[int, int, int, int]:
@@ -381,4 +447,5 @@ def similarity_mask(geom: Geometry) -> torch.Tensor:
 
 
 __all__ = ['local_aggregate', 'local_similarity', 'local_aggregate_reference', 'Geometry',
-           'make_geometry', 'bilinear_gather']
+           'make_geometry', 'geometry_of', 'bilinear_gather', 'check_tokens',
+           'check_kernel_size']

@@ -1,8 +1,11 @@
 """CPU fast path of :func:`~mmvolo.ops.local_aggregate.local_aggregate` (``impl='fast'``) and
 of :func:`~mmvolo.ops.local_aggregate.local_similarity`.
 
-One loop over the K*K taps per block of output rows (:func:`.window_utils.row_blocks`), never
-a Python loop over pixels. Per tap, a *sampler* yields the block's samples (B, r, Wo, C):
+The configurations a specialised kernel serves faster (depthwise conv, stride-1 dynamic
+weights, outlook's fold) go to :mod:`.local_aggregate_kernels` (:func:`local_aggregate_fast`
+picks); every other one runs the generic path here: one loop over the K*K taps per block
+of output rows (:func:`.tiling.row_blocks`), never a Python loop over pixels. Per tap, a
+*sampler* yields the block's samples (B, r, Wo, C):
 
 * fixed windows, ``boundary='zeros'``: a strided slice (a view, no copy) of the value padded
   once with zeros so that every window is in range - position i*S - P + a*D is buffer row
@@ -17,16 +20,17 @@ block's K*K samples are copied into one (B, r, Wo, G, K*K, C/G) window tensor, `
 gives Y, and each k_out slice of Y is added onto its positions (the sampler's transpose).
 Blocks run one after another in one thread, so every sum has a fixed order: deterministic.
 
-Backward, hand-written (``once_differentiable``), recomputing the samples per block and tap
-from the saved value, weight (the softmax of it for ``normalize='softmax'``) and offsets;
-with g = grad_out and s_k the samples of tap k:
+Forward and backward are one custom op (:func:`.custom_op.define_op`). The backward is
+hand-written, recomputing the samples per block and tap (and the softmax) from the saved
+value, weight and offsets; with g = grad_out and s_k the samples of tap k:
 
     grad_A[n, g, k]     = sum_{c in g} g[n, c] * s_k[n, c]
     grad_V             += transpose-sample of g * A[..., k]     (slice add_ / index_add_)
     grad_offset[n, k]   = sum_{c in go} (g * A)[n, c] * d s_k[n, c] / d(dy, dx)
     grad_weight         = A * (grad_A - sum_k grad_A * A)        (softmax), else grad_A
 
-(fold: gY = the windows of g, grad_A = gY @ win^T, grad_win = A^T @ gY scattered back.)
+(fold: gY = the windows of g at the fixed positions, grad_A = gY @ win^T, grad_win = A^T @
+gY sent back through the sampler - bilinear with offsets, which gives grad_offset.)
 Memory: the output, one padded copy of value (zeros boundary), the gradients, and per block
 the samples of one tap (fold: the K*K window tensors of one block). fp16/bf16 are computed in
 fp32, fp32/fp64 in themselves.
@@ -35,14 +39,19 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .local_aggregate import Geometry, similarity_mask
-from .window_utils import BLOCK_ENV_VAR, compute_dtype, row_blocks
+from .custom_op import define_op
+from .local_aggregate import NORMALIZE, Geometry, geometry_of, similarity_mask
+from .local_aggregate_kernels import (
+    KERNELS,
+    softmax_last,
+    softmax_last_backward,
+    special_kernel,
+)
+from .tiling import BLOCK_ENV_VAR, compute_dtype, row_blocks
 
 #: Elements of the per-block working set of the deformable path (its blocks are not
 #: clamped to MAX_BLOCKS: per tap it runs large gathers, whose fixed cost is small).
@@ -52,7 +61,7 @@ DEFORM_BLOCK_ELEMS = 1 << 19
 def blocks_of(geom: Geometry, elems_per_pixel: int,
               target: int | None = None) -> list[tuple[int, int]]:
     """Blocks of output rows sized by the working set per output pixel: as
-    :func:`.window_utils.row_blocks` (which $MMVOLO_WINDOW_BLOCK_ELEMS overrides), or
+    :func:`.tiling.row_blocks` (which $MMVOLO_WINDOW_BLOCK_ELEMS overrides), or
     about ``target`` elements each when given (the override still wins)."""
     per_pixel = max(elems_per_pixel, 1)
     if target is None or os.environ.get(BLOCK_ENV_VAR):
@@ -60,17 +69,6 @@ def blocks_of(geom: Geometry, elems_per_pixel: int,
         return row_blocks(meta)
     rows = max(1, min(geom.out_h, target // max(geom.batch * geom.out_w * per_pixel, 1)))
     return [(r0, min(r0 + rows, geom.out_h)) for r0 in range(0, geom.out_h, rows)]
-
-
-def softmax_last(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last dim from elementwise ops (see outlook_chunked)."""
-    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
-    return e.div_(e.sum(dim=-1, keepdim=True))
-
-
-def softmax_last_backward(grad: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """d loss / d logits from d loss / d attn (in place on ``grad``)."""
-    return grad.sub_((grad * attn).sum(dim=-1, keepdim=True)).mul_(attn)
 
 
 class FixedSampler:
@@ -429,111 +427,147 @@ def _fold_backward(grad_out: torch.Tensor, src: torch.Tensor, attn: torch.Tensor
     return grad_v, grad_attn, grad_off
 
 
-class _AggregateFast(torch.autograd.Function):
-    """Saves value, the (normalised) weight and the offsets; backward recomputes samples."""
+def _aggregate_inputs(value: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor,
+                      normalize: int) -> tuple:
+    """(value, A, offset or None) in the compute dtype; A = softmax(weight) or weight."""
+    dtype = compute_dtype(value.dtype)
+    attn = weight.to(dtype)
+    if normalize:
+        attn = softmax_last(attn)
+    off = offset.to(dtype) if offset.numel() else None
+    return value.to(dtype), attn, off
 
-    @staticmethod
-    def forward(ctx: Any, value: torch.Tensor, weight: torch.Tensor,
-                offset: torch.Tensor | None, geom: Geometry, groups: int,
-                normalize: str | None, fold: bool, static: bool) -> torch.Tensor:
-        dtype = compute_dtype(value.dtype)
-        attn = weight.to(dtype)
-        if normalize == 'softmax':
-            attn = softmax_last(attn)
-        off = None if offset is None else offset.to(dtype)
-        out = aggregate_forward(value.to(dtype), attn, off, geom, groups, fold, static)
-        ctx.save_for_backward(value, attn if normalize else weight, offset)
-        ctx.params = (geom, groups, normalize, fold, static, weight.dtype)
-        return out.to(value.dtype)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        value, attn, offset = ctx.saved_tensors
-        geom, groups, normalize, fold, static, weight_dtype = ctx.params
-        dtype = compute_dtype(value.dtype)
-        attn = attn.to(dtype)
-        off = None if offset is None else offset.to(dtype)
-        needs = tuple(ctx.needs_input_grad[:3])
-        grad_v, grad_a, grad_off = aggregate_backward(
-            grad_out.to(dtype), value.to(dtype), attn, off, geom, groups, fold, static, needs)
-        if grad_a is not None and normalize == 'softmax':
-            grad_a = softmax_last_backward(grad_a, attn)
-        cast = [None if t is None else t.to(dtype)
-                for t, dtype in ((grad_v, value.dtype), (grad_a, weight_dtype),
-                                 (grad_off, None if offset is None else offset.dtype))]
-        return (*cast, None, None, None, None, None)
+def _aggregate_forward_op(value: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor,
+                          kernel_size: int, stride: int, padding: int, dilation: int,
+                          boundary: int, groups: int, normalize: int, fold: int,
+                          static: int) -> torch.Tensor:
+    """The generic forward as a custom op (``offset``: an empty tensor for none)."""
+    geom = geometry_of(value.shape, kernel_size, stride, padding, dilation, boundary)
+    v, attn, off = _aggregate_inputs(value, weight, offset, normalize)
+    out = aggregate_forward(v, attn, off, geom, groups, bool(fold), bool(static))
+    return out.to(value.dtype)
+
+
+def _aggregate_backward_op(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor,
+                           offset: torch.Tensor, kernel_size: int, stride: int, padding: int,
+                           dilation: int, boundary: int, groups: int, normalize: int,
+                           fold: int, static: int, needs: tuple[bool, ...]) -> tuple:
+    geom = geometry_of(value.shape, kernel_size, stride, padding, dilation, boundary)
+    v, attn, off = _aggregate_inputs(value, weight, offset, normalize)
+    grad_v, grad_a, grad_off = aggregate_backward(
+        grad_out.to(v.dtype), v, attn, off, geom, groups, bool(fold), bool(static),
+        tuple(needs))
+    if grad_a is not None and normalize:
+        grad_a = softmax_last_backward(grad_a, attn)
+    return tuple(None if t is None else t.to(ref.dtype)
+                 for t, ref in ((grad_v, value), (grad_a, weight), (grad_off, offset)))
+
+
+def _aggregate_fake(value: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor,
+                    kernel_size: int, stride: int, padding: int, dilation: int, boundary: int,
+                    groups: int, normalize: int, fold: int, static: int) -> torch.Tensor:
+    if fold:
+        return value.new_empty(value.shape)
+    geom = geometry_of(value.shape, kernel_size, stride, padding, dilation, boundary)
+    return value.new_empty((geom.batch, geom.out_h, geom.out_w, geom.channels))
+
+
+#: The generic path as a differentiable custom op (:func:`~mmvolo.ops.custom_op.define_op`):
+#: saves value, weight and offset; the backward recomputes samples (and the softmax).
+_aggregate_op = define_op('mmvolo::local_aggregate_fast', _aggregate_forward_op,
+                          _aggregate_backward_op, num_inputs=3, fake=_aggregate_fake)
 
 
 def local_aggregate_fast(value: torch.Tensor, weight: torch.Tensor, geom: Geometry,
                          groups: int, offset: torch.Tensor | None, normalize: str | None,
                          fold: bool, static: bool) -> torch.Tensor:
-    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_aggregate`."""
-    return _AggregateFast.apply(value, weight, offset, geom, groups, normalize, fold, static)
+    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_aggregate`: the
+    specialised kernel of this configuration (:mod:`.local_aggregate_kernels`), else the
+    generic block loop."""
+    kernel = special_kernel(geom, offset, normalize, fold, static)
+    if kernel is not None:
+        return KERNELS[kernel](value, weight, geom, groups, normalize)
+    off = value.new_empty(0) if offset is None else offset
+    return _aggregate_op(value, weight, off, *geom.params, groups, NORMALIZE.index(normalize),
+                         int(fold), int(static))
 
 
 # ------------------------------------------------------------------------------------------
 # local_similarity
 # ------------------------------------------------------------------------------------------
 
-class _SimilarityFast(torch.autograd.Function):
-    """logits[p, g, k] = scale * q[p, g] . key[pos(p, k), g]; saves q and key only."""
+def _similarity_forward_op(query: torch.Tensor, key: torch.Tensor, kernel_size: int,
+                           dilation: int, boundary: int, groups: int) -> torch.Tensor:
+    """logits[p, g, k] = q[p, g] . key[pos(p, k), g] (-inf outside the image for 'zeros')."""
+    geom = _similarity_geometry(key, kernel_size, dilation, boundary)
+    dtype = compute_dtype(query.dtype)
+    split = (groups, geom.channels // groups)
+    sampler = FixedSampler(geom)
+    src = sampler.prepare(key.to(dtype))
+    q = query.to(dtype).unflatten(-1, split)
+    logits = q.new_empty(geom.batch, geom.out_h, geom.out_w, groups, geom.taps)
+    for r0, r1 in blocks_of(geom, geom.channels * 2):
+        qb = q[:, r0:r1]
+        for k in range(geom.taps):
+            s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
+            torch.sum(qb * s, dim=-1, out=logits[:, r0:r1, :, :, k])
+    if geom.boundary == 'zeros':
+        logits.masked_fill_(~similarity_mask(geom).to(logits.device), float('-inf'))
+    return logits.to(query.dtype)
 
-    @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, geom: Geometry,
-                groups: int, scale: float) -> torch.Tensor:
-        dtype = compute_dtype(query.dtype)
-        split = (groups, geom.channels // groups)
-        sampler = FixedSampler(geom)
-        src = sampler.prepare(key.to(dtype))
-        q = query.to(dtype).unflatten(-1, split)
-        logits = q.new_empty(geom.batch, geom.out_h, geom.out_w, groups, geom.taps)
-        for r0, r1 in blocks_of(geom, geom.channels * 2):
-            qb = q[:, r0:r1]
-            for k in range(geom.taps):
+
+def _similarity_backward_op(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                            kernel_size: int, dilation: int, boundary: int, groups: int,
+                            needs: tuple[bool, ...]) -> tuple:
+    geom = _similarity_geometry(key, kernel_size, dilation, boundary)
+    dtype = compute_dtype(query.dtype)
+    split = (groups, geom.channels // groups)
+    sampler = FixedSampler(geom)
+    src = sampler.prepare(key.to(dtype))
+    q = query.to(dtype).unflatten(-1, split)
+    gl = grad.to(dtype, copy=True)
+    if geom.boundary == 'zeros':
+        gl.masked_fill_(~similarity_mask(geom).to(gl.device), 0.0)
+    need_q, need_k = needs[:2]
+    grad_q = torch.zeros_like(q) if need_q else None
+    grad_k = sampler.new_grad(src) if need_k else None
+    for r0, r1 in blocks_of(geom, geom.channels * 3):
+        qb = q[:, r0:r1]
+        for k in range(geom.taps):
+            glk = gl[:, r0:r1, :, :, k, None]
+            if need_q:
                 s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
-                torch.sum(qb * s, dim=-1, out=logits[:, r0:r1, :, :, k])
-        logits.mul_(scale)
-        if geom.boundary == 'zeros':
-            logits.masked_fill_(~similarity_mask(geom).to(logits.device), float('-inf'))
-        ctx.save_for_backward(query, key)
-        ctx.params = (geom, groups, scale)
-        return logits.to(query.dtype)
+                grad_q[:, r0:r1].addcmul_(glk, s)
+            if need_k:
+                sampler.scatter(grad_k, r0, r1, k, glk * qb)
+    grad_q = None if grad_q is None else grad_q.flatten(-2).to(query.dtype)
+    grad_k = None if grad_k is None else sampler.finish(grad_k).to(key.dtype)
+    return grad_q, grad_k
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        query, key = ctx.saved_tensors
-        geom, groups, scale = ctx.params
-        dtype = compute_dtype(query.dtype)
-        split = (groups, geom.channels // groups)
-        sampler = FixedSampler(geom)
-        src = sampler.prepare(key.to(dtype))
-        q = query.to(dtype).unflatten(-1, split)
-        gl = grad.to(dtype) * scale
-        if geom.boundary == 'zeros':
-            gl.masked_fill_(~similarity_mask(geom).to(gl.device), 0.0)
-        need_q, need_k = ctx.needs_input_grad[:2]
-        grad_q = torch.zeros_like(q) if need_q else None
-        grad_k = sampler.new_grad(src) if need_k else None
-        for r0, r1 in blocks_of(geom, geom.channels * 3):
-            qb = q[:, r0:r1]
-            for k in range(geom.taps):
-                glk = gl[:, r0:r1, :, :, k, None]
-                if need_q:
-                    s = sampler.sample(src, r0, r1, k).unflatten(-1, split)
-                    grad_q[:, r0:r1].addcmul_(glk, s)
-                if need_k:
-                    sampler.scatter(grad_k, r0, r1, k, glk * qb)
-        grad_q = None if grad_q is None else grad_q.flatten(-2).to(query.dtype)
-        grad_k = None if grad_k is None else sampler.finish(grad_k).to(key.dtype)
-        return grad_q, grad_k, None, None, None
+
+def _similarity_geometry(key: torch.Tensor, kernel_size: int, dilation: int,
+                         boundary: int) -> Geometry:
+    return geometry_of(key.shape, kernel_size, 1, dilation * (kernel_size // 2), dilation,
+                       boundary)
+
+
+def _similarity_fake(query: torch.Tensor, key: torch.Tensor, kernel_size: int, dilation: int,
+                     boundary: int, groups: int) -> torch.Tensor:
+    return query.new_empty((*query.shape[:3], groups, kernel_size * kernel_size))
+
+
+_similarity_op = define_op('mmvolo::local_similarity_fast', _similarity_forward_op,
+                           _similarity_backward_op, num_inputs=2, fake=_similarity_fake)
 
 
 def local_similarity_fast(query: torch.Tensor, key: torch.Tensor, geom: Geometry,
                           groups: int, scale: float) -> torch.Tensor:
-    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_similarity`."""
-    return _SimilarityFast.apply(query, key, geom, groups, scale)
+    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_similarity` (the scale
+    applied to the query, so the custom op's parameters stay ints)."""
+    if scale != 1.0:
+        query = query * scale
+    return _similarity_op(query, key, geom.kernel_size, geom.dilation, geom.params[4], groups)
 
 
 __all__ = ['local_aggregate_fast', 'local_similarity_fast', 'aggregate_forward',

@@ -56,7 +56,8 @@ from typing import Callable
 import torch
 
 from .custom_op import define_outlook_op
-from .outlook import output_grid, register_outlook_impl
+from .local_aggregate import Geometry, geometry_of, local_aggregate
+from .outlook import register_outlook_impl
 from .tiling import compute_dtype, rows_per_block
 
 CHUNK_ENV_VAR = 'MMVOLO_OUTLOOK_CHUNK_ELEMS'
@@ -75,11 +76,6 @@ MIN_POOL_ELEMS = 1 << 18
 PRIORITY = 10
 
 
-def _padded_size(size: int, grid: int, kernel_size: int, padding: int, stride: int) -> int:
-    """Length of a padded axis covering all windows and the (offset by P) image itself."""
-    return max((grid - 1) * stride + kernel_size, padding + size)
-
-
 def _windows(xp: torch.Tensor, row0: int, rows: int, w: int, num_heads: int,
              kernel_size: int, stride: int) -> torch.Tensor:
     """Gather the K*K windows of output rows [row0, row0+rows) -> (B*rows*w*heads, K*K, d)."""
@@ -93,37 +89,20 @@ def _windows(xp: torch.Tensor, row0: int, rows: int, w: int, num_heads: int,
     return view.reshape(-1, kernel_size * kernel_size, head_dim)
 
 
-def _valid_slice(first: int, count: int, offset: int, padding: int, stride: int,
-                 size: int) -> tuple[slice, slice] | None:
-    """Grid indices first..first+count-1 whose ``n*S - P + offset`` lands inside [0, size):
-    (their slice relative to ``first``, the slice of image positions they land on), or None
-    when there are none."""
-    lo = max(first, -((offset - padding) // stride))  # ceil((P - offset) / S)
-    hi = min(first + count, (size - 1 + padding - offset) // stride + 1)
-    if hi <= lo:
-        return None
-    dst = slice(lo * stride - padding + offset, (hi - 1) * stride - padding + offset + 1,
-                stride)
-    return slice(lo - first, hi - first), dst
-
-
-def _overlap_add(dst: torch.Tensor, y: torch.Tensor, row0: int, rows: int, w: int,
-                 kernel_size: int, padding: int, stride: int) -> None:
-    """Fold: add y (B*rows*w*heads, K*K, d) into dst (B, H, W, C) in place (clipped)."""
-    batch, height, width, channels = dst.shape
+def _overlap_add(dst: torch.Tensor, y: torch.Tensor, geom: Geometry, row0: int,
+                 rows: int) -> None:
+    """Fold: add y (B*rows*w*heads, K*K, d) of grid rows [row0, row0 + rows) into dst (B, H,
+    W, C) in place, each tap onto its in-image positions (:meth:`Geometry.tap_slices`)."""
     head_dim = y.shape[-1]
-    y = y.view(batch, rows, w, -1, kernel_size, kernel_size, head_dim)
+    y = y.view(geom.batch, rows, geom.out_w, -1, geom.taps, head_dim)
     heads = y.shape[3]
-    for ki in range(kernel_size):
-        row_slices = _valid_slice(row0, rows, ki, padding, stride, height)
-        if row_slices is None:
+    for k in range(geom.taps):
+        slices = geom.tap_slices(k, (row0, row0 + rows))
+        if slices is None:
             continue
-        for kj in range(kernel_size):
-            col_slices = _valid_slice(0, w, kj, padding, stride, width)
-            if col_slices is None:
-                continue
-            target = dst[:, row_slices[1], col_slices[1]].unflatten(-1, (heads, head_dim))
-            target.add_(y[:, row_slices[0], col_slices[0], :, ki, kj])
+        (out_rows, out_cols), (in_rows, in_cols) = slices
+        target = dst[:, in_rows, in_cols].unflatten(-1, (heads, head_dim))
+        target.add_(y[:, out_rows.start - row0:out_rows.stop - row0, out_cols, :, k])
 
 
 def _chunk_rows(batch: int, w: int, channels: int, kernel_size: int, stride: int, h: int,
@@ -266,10 +245,10 @@ class _ChunkPlan:
 
     def __init__(self, v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
                  stride: int) -> None:
-        self.batch, height, width, channels = v.shape
-        self.h, self.w = output_grid(height, width, stride)
-        self.hp = _padded_size(height, self.h, kernel_size, padding, stride)
-        self.wp = _padded_size(width, self.w, kernel_size, padding, stride)
+        self.geom = geometry_of(v.shape, kernel_size, stride, padding, 1, 'zeros')
+        self.batch, channels = self.geom.batch, self.geom.channels
+        self.h, self.w = self.geom.out_h, self.geom.out_w
+        self.hp, self.wp = self.geom.padded_size()
         self.dtype = compute_dtype(v.dtype)
         self.num_heads, self.kernel_size = num_heads, kernel_size
         self.padding, self.stride = padding, stride
@@ -322,8 +301,7 @@ class _ChunkPlan:
 
     def overlap_add(self, dst: torch.Tensor, y: torch.Tensor, rows: range) -> None:
         """Fold the chunk's ``y`` (n, K*K, d) into ``dst`` (B, H, W, C) in place."""
-        _overlap_add(dst, y, rows.start, len(rows), self.w, self.kernel_size, self.padding,
-                     self.stride)
+        _overlap_add(dst, y, self.geom, rows.start, len(rows))
 
 
 def _no_autocast(v: torch.Tensor) -> torch.autocast:
@@ -374,11 +352,19 @@ def chunked_backward(grad_out: torch.Tensor, v: torch.Tensor, logits: torch.Tens
 _chunked_op = define_outlook_op('mmvolo::outlook_chunked', chunked_forward, chunked_backward)
 
 
+def chunked_fold(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,
+                 padding: int, stride: int) -> torch.Tensor:
+    """The kernel (one custom op): v (B, H, W, C), logits (B, h, w, heads*K^4) -> (B, H, W,
+    C); :mod:`.local_aggregate_kernels` calls it for outlook's configuration."""
+    return _chunked_op(v, logits, num_heads, kernel_size, padding, stride)
+
+
 @register_outlook_impl('chunked', priority=PRIORITY)
 def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: int,
                               kernel_size: int = 3, padding: int = 1,
                               stride: int = 1) -> torch.Tensor:
-    """Row-chunked outlook attention with per-chunk recompute in backward.
+    """Outlook attention as its ``local_aggregate`` configuration (``fold=True``,
+    ``normalize='softmax'``, ``impl='fast'``, which runs :func:`chunked_fold`).
 
     Args:
         v: values, (B, H, W, C).
@@ -388,8 +374,11 @@ def outlook_attention_chunked(v: torch.Tensor, logits: torch.Tensor, num_heads: 
     Returns:
         (B, H, W, C) in ``v.dtype``.
     """
-    return _chunked_op(v, logits, num_heads, kernel_size, padding, stride)
+    kk = kernel_size * kernel_size
+    weight = logits.view(*logits.shape[:3], num_heads, kk, kk)
+    return local_aggregate(v, weight, kernel_size, stride=stride, padding=padding,
+                           groups=num_heads, normalize='softmax', fold=True, impl='fast')
 
 
-__all__ = ['outlook_attention_chunked', 'chunked_forward', 'chunked_backward',
+__all__ = ['outlook_attention_chunked', 'chunked_fold', 'chunked_forward', 'chunked_backward',
            'CHUNK_ENV_VAR', 'WORKERS_ENV_VAR', 'DEFAULT_CHUNK_ELEMS']
