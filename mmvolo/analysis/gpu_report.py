@@ -7,12 +7,17 @@ Stages, always in this order, each under its own time budget (details: ``gpu_sta
 ============ ====== ==========================================================================
 stage        budget what it does
 ============ ====== ==========================================================================
-kernels       60 s  every available outlook-attention impl vs the reference (computed in fp64)
+kernels      120 s  every available outlook-attention impl vs the reference (computed in fp64)
                     on the device: output, grad wrt v, grad wrt logits; fp32 / bf16 / fp16;
-                    odd, non-square and tiny grids, stride 1 and 2; D1 and D4 stage-1 shapes
-ops           60 s  D1 stage-1 op (8x64x64x192, 6 heads, K3 S2), fwd and fwd+bwd, fp32 and
+                    odd, non-square and tiny grids, stride 1 and 2; D1 and D4 stage-1 shapes;
+                    then every local_aggregate impl per configuration of the family (outlook,
+                    deformable outlook, involution, depthwise conv, neighborhood, DCNv3) vs
+                    its reference in fp64, the offset gradient included
+ops          120 s  D1 stage-1 op (8x64x64x192, 6 heads, K3 S2), fwd and fwd+bwd, fp32 and
                     bf16: every impl and timm side by side, median times (CUDA events), peak
-                    memory, achieved fraction of HBM bandwidth; targets vs timm
+                    memory, achieved fraction of HBM bandwidth; targets vs timm; then
+                    local_aggregate (outlook and DCNv3 configurations) per impl, its 'triton'
+                    against the memory-traffic floor and the dedicated outlook kernel
 backbone      90 s  VOLO-D1 on the device equals its CPU result; torch._dynamo.explain graph
                     breaks; torch.compile (inductor) gives the same output
 training      60 s  the toy config through tools/train.py (AMP bf16: loss falls, mIoU) and a
@@ -91,10 +96,11 @@ class StageSpec:
 
 #: Every stage, in the order they run; ``profile`` runs only when asked for.
 STAGES = {
-    'kernels': StageSpec(gpu_stages.kernels, 60, 'every outlook-attention impl vs the fp64 '
-                         'reference: values and both gradients, fp32/bf16/fp16'),
-    'ops': StageSpec(gpu_stages.ops, 60, 'VOLO-D1 stage-1 op speed and memory, every impl '
-                     'and timm side by side'),
+    'kernels': StageSpec(gpu_stages.kernels, 120, 'every outlook-attention and '
+                         'local_aggregate impl vs the fp64 reference: values and every '
+                         'gradient, fp32/bf16/fp16'),
+    'ops': StageSpec(gpu_stages.ops, 120, 'VOLO-D1 stage-1 op speed and memory, every impl '
+                     'and timm side by side; local_aggregate vs the traffic floor'),
     'backbone': StageSpec(gpu_stages.backbone, 90, 'VOLO-D1 on the device vs CPU; graph '
                           'breaks; torch.compile (inductor) output'),
     'training': StageSpec(gpu_stages.training, 60, 'toy config through tools/train.py, then a '
@@ -471,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix='gpu_report_'))
     report = Report(out, args.stages, device, args.dry_run, argv, scratch)
-    threads, impl = torch.get_num_threads(), os.environ.get(gpu_stages.IMPL_ENV_VAR)
+    threads = torch.get_num_threads()
+    impls = {var: os.environ.get(var) for var in gpu_stages.IMPL_ENV_VARS}
     if args.dry_run:
         torch.set_num_threads(1)  # small shared CI machines: many threads only wait for each other
     print(f"[gpu_report] {'CPU dry run' if args.dry_run else report.meta['environment']['gpu']}"
@@ -486,9 +493,10 @@ def main(argv: list[str] | None = None) -> None:
                          exit_code=1) from None
     finally:
         torch.set_num_threads(threads)
-        os.environ.pop(gpu_stages.IMPL_ENV_VAR, None)
-        if impl is not None:  # the kernels stage may have switched it (triton raised)
-            os.environ[gpu_stages.IMPL_ENV_VAR] = impl
+        for var, impl in impls.items():  # the kernels stage may have switched them
+            os.environ.pop(var, None)
+            if impl is not None:
+                os.environ[var] = impl
         report.save()
         shutil.rmtree(scratch, ignore_errors=True)
     failed = report.failed()
