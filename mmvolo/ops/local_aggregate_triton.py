@@ -61,8 +61,12 @@ from .triton_support import HAS_TRITON, TRITON_MISSING, is_interpreted, tl, trit
 from .triton_support import jit as _jit
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-BLOCK_PIXELS = 32  # pixels (grid cells) per program
-CHANNELS_PER_PROGRAM = 64  # about this many channels (whole segments) per program
+#: pixels (grid cells) per program on the GPU: with CHANNELS_PER_PROGRAM, compiled ahead of
+#: time for sm_90 (fp32, num_warps=4) every kernel of the six configurations of the GPU
+#: report fits in <= 148 registers without spills (docs/performance.md)
+BLOCK_PIXELS = 16
+BLOCK_PIXELS_INTERPRETED = 32  # fewer, larger programs: the interpreter pays per program
+CHANNELS_PER_PROGRAM = 32  # about this many channels (whole segments) per program
 NUM_WARPS = 4
 #: above 'fast': 'auto' takes it wherever it can run (CUDA; CPU only when interpreted)
 PRIORITY = 20
@@ -472,9 +476,9 @@ def _bwd_values(w_ptr, lse_ptr, gout_ptr, gv_ptr, H, W, Ho, Wo, C: tl.constexpr,
     wgroup = seg * SEG // CG
     acc = tl.zeros((BLOCK, SPB, SEG_PAD), ACC)
     for k in range(KK):
-        for ci in tl.static_range(CANDS):
+        for ci in range(CANDS):  # not unrolled: K*K unrolled copies spill for K = 7
             i, ok_i = _cover(y, k // K, ci, H, Ho, K, S, P, D, CLAMP)
-            for cj in tl.static_range(CANDS):
+            for cj in range(CANDS):
                 j, ok_j = _cover(x, k % K, cj, W, Wo, K, S, P, D, CLAMP)
                 ok = mask & ok_i & ok_j
                 cell = b * Ho * Wo + i * Wo + j
@@ -514,6 +518,10 @@ def _bwd_values(w_ptr, lse_ptr, gout_ptr, gv_ptr, H, W, Ho, Wo, C: tl.constexpr,
 
 #: True when TRITON_INTERPRET=1 was set before triton was imported (kernels run on CPU).
 INTERPRETED = is_interpreted(_fwd_rows)
+
+
+def _block() -> int:
+    return BLOCK_PIXELS_INTERPRETED if INTERPRETED else BLOCK_PIXELS
 
 
 def _next_pow2(n: int) -> int:
@@ -556,7 +564,7 @@ def _params(value: torch.Tensor, kernel_size: int, stride: int, padding: int, di
     acc = tl.float64 if value.dtype == torch.float64 else tl.float32
     return dict(meta, K=kernel_size, S=stride, P=padding, D=dilation, CLAMP=bool(clamp),
                 HAS_OFF=off_groups > 0, SOFTMAX=bool(softmax), STATIC=bool(static), ACC=acc,
-                BLOCK=BLOCK_PIXELS)
+                BLOCK=_block())
 
 
 def _lse_shape(batch: int, out_h: int, out_w: int, nseg: int, kk: int,
@@ -582,7 +590,7 @@ def triton_forward(value: torch.Tensor, weight: torch.Tensor, offset: torch.Tens
     out_shape = (batch, height, width, channels) if fold else (batch, out_h, out_w, channels)
     out = value.new_empty(out_shape)
     pixels = height * width if fold else out_h * out_w
-    grid = (triton.cdiv(pixels, BLOCK_PIXELS), batch * triton.cdiv(meta['NSEG'], meta['SPB']))
+    grid = (triton.cdiv(pixels, _block()), batch * triton.cdiv(meta['NSEG'], meta['SPB']))
     kernel = _fwd_fold if fold else _fwd_rows
     _launch(kernel, grid, value.device, value, weight, offset, out, lse, height, width, out_h,
             out_w, **meta)
@@ -618,8 +626,8 @@ def triton_backward(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.T
     row = kk * kk if fold else kk
     acc = _acc_dtype(value.dtype)
     seg_blocks = triton.cdiv(nseg, meta['SPB'])
-    grid_n = (triton.cdiv(out_h * out_w, BLOCK_PIXELS), batch * seg_blocks)
-    grid_p = (triton.cdiv(height * width, BLOCK_PIXELS), batch * seg_blocks)
+    grid_n = (triton.cdiv(out_h * out_w, _block()), batch * seg_blocks)
+    grid_p = (triton.cdiv(height * width, _block()), batch * seg_blocks)
     deform = off_groups > 0
     empty = value.new_empty(0, dtype=acc)
     gw = empty
