@@ -8,19 +8,24 @@ kernels then accumulate in float64: equal to rounding, tolerance 1e-12) and in f
 (against the reference on float64 copies of the same values; error = max|x - ref| /
 max(1, max|ref|), tolerance 1e-5), plus bf16 / fp16 on one case (tolerance 2 * eps(dtype) *
 the reduction length). Shapes are tiny and odd: pixel counts not multiples of the kernel's
-32-pixel tile (masked edge tiles), stride 2 with the ceil grid, dilation 2, group counts that
-are not powers of two (G = 3, 5), group widths 1-3, offset groups independent of G, offsets
-pushed up to +-(H+2) outside the image; ``torch.library.opcheck`` of the custom op.
+32-pixel interpreted tile (masked edge tiles), stride 2 with the ceil grid, dilation 2,
+group counts that are not powers of two (G = 3, 5), group widths 1-3, offset groups
+independent of G, offsets pushed up to +-(H+2) outside the image; ``torch.library.opcheck``
+of the custom op.
 
 Outside the interpreter (this process: no CUDA), an explicit impl='triton' falls back with
-one ImplFallbackWarning and 'auto' keeps the CPU fast path.
+one ImplFallbackWarning and 'auto' keeps the CPU fast path; and the kernels of four
+configurations compile ahead of time for sm_90 (no GPU needed: Triton's own ptxas) without
+register spills.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -225,6 +230,61 @@ def test_triton_falls_back_with_one_warning_without_cuda_or_interpreter(monkeypa
     assert "impl 'triton'" in message and "running 'fast'" in message, message
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert LOCAL_AGGREGATE_IMPLS.select(value, weight) == 'fast'  # 'auto' passes it over
+
+
+# ------------------------------------------------------------------------------------------
+# Ahead-of-time compile for the GPU (no GPU needed): the kernels lower, and do not spill
+# ------------------------------------------------------------------------------------------
+
+#: (name, channels, groups, offset groups, K, S, P, clamp, softmax, static, fold)
+AOT_CONFIGS = [
+    ('outlook', 192, 6, 0, 3, 2, 1, 0, 1, 0, 1),
+    ('DCNv3', 192, 6, 6, 3, 1, 1, 0, 1, 0, 0),
+    ('neighborhood', 192, 6, 0, 7, 1, 0, 1, 1, 0, 0),
+    ('depthwise', 192, 192, 0, 7, 1, 3, 0, 0, 1, 0),
+]
+
+
+def _sm90_usage(kernel, constexprs: dict) -> tuple[int, int]:
+    """(registers, stack bytes) of ``kernel`` compiled for sm_90, fp32 pointers."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {name: 'constexpr' if name in constexprs else
+                 '*fp32' if name.endswith('_ptr') else 'i32' for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                              target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4))
+    tool = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump'
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / 'kernel.cubin'
+        cubin.write_bytes(compiled.asm['cubin'])
+        usage = subprocess.run([str(tool), '-res-usage', str(cubin)], capture_output=True,
+                               text=True, check=True).stdout
+    fields = dict(re.findall(r'(REG|STACK):(\d+)', usage))
+    return int(fields['REG']), int(fields['STACK'])
+
+
+@pytest.mark.slow(seconds=2)  # a cold Triton cache; ~0.5 s when cached
+@pytest.mark.parametrize('config', AOT_CONFIGS, ids=[c[0] for c in AOT_CONFIGS])
+def test_kernels_compile_for_sm90_without_spills(config):
+    pytest.importorskip('triton')
+    from mmvolo.ops import local_aggregate_triton as lt
+    if lt.INTERPRETED:
+        pytest.skip('interpreted kernels are not compiled')
+    _, channels, groups, off_groups, k, stride, padding, clamp, softmax, static, fold = config
+    meta = lt._params(torch.empty(1, 1, 1, channels), k, stride, padding, 1, clamp, groups,
+                      off_groups, softmax, static)
+    kernels = [(lt._fwd_fold if fold else lt._fwd_rows, meta),
+               (lt._bwd_rows, dict(meta, FOLD=bool(fold), NEED_W=True,
+                                   NEED_OFF=off_groups > 0, NEED_V=off_groups > 0))]
+    if not off_groups:
+        skip = ('GO', 'CGO', 'HAS_OFF')
+        kernels.append((lt._bwd_values, dict({key: val for key, val in meta.items()
+                                              if key not in skip}, FOLD=bool(fold))))
+    for kernel, constexprs in kernels:
+        registers, stack = _sm90_usage(kernel, constexprs)
+        assert registers <= 168 and stack == 0, (kernel.__name__, registers, stack)
 
 
 if __name__ == '__main__' and '--triton-worker' in sys.argv:
