@@ -7,13 +7,13 @@ Stages, always in this order, each under its own time budget (details: ``gpu_sta
 ============ ====== ==========================================================================
 stage        budget what it does
 ============ ====== ==========================================================================
-kernels      120 s  every available outlook-attention impl vs the reference (computed in fp64)
+kernels       75 s  every available outlook-attention impl vs the reference (computed in fp64)
                     on the device: output, grad wrt v, grad wrt logits; fp32 / bf16 / fp16;
                     odd, non-square and tiny grids, stride 1 and 2; D1 and D4 stage-1 shapes;
                     then every local_aggregate impl per configuration of the family (outlook,
                     deformable outlook, involution, depthwise conv, neighborhood, DCNv3) vs
                     its reference in fp64, the offset gradient included
-ops          120 s  D1 stage-1 op (8x64x64x192, 6 heads, K3 S2), fwd and fwd+bwd, fp32 and
+ops           75 s  D1 stage-1 op (8x64x64x192, 6 heads, K3 S2), fwd and fwd+bwd, fp32 and
                     bf16: every impl and timm side by side, median times (CUDA events), peak
                     memory, achieved fraction of HBM bandwidth; targets vs timm; then
                     local_aggregate (outlook and DCNv3 configurations) per impl, its 'triton'
@@ -96,10 +96,10 @@ class StageSpec:
 
 #: Every stage, in the order they run; ``profile`` runs only when asked for.
 STAGES = {
-    'kernels': StageSpec(gpu_stages.kernels, 120, 'every outlook-attention and '
+    'kernels': StageSpec(gpu_stages.kernels, 75, 'every outlook-attention and '
                          'local_aggregate impl vs the fp64 reference: values and every '
                          'gradient, fp32/bf16/fp16'),
-    'ops': StageSpec(gpu_stages.ops, 120, 'VOLO-D1 stage-1 op speed and memory, every impl '
+    'ops': StageSpec(gpu_stages.ops, 75, 'VOLO-D1 stage-1 op speed and memory, every impl '
                      'and timm side by side; local_aggregate vs the traffic floor'),
     'backbone': StageSpec(gpu_stages.backbone, 90, 'VOLO-D1 on the device vs CPU; graph '
                           'breaks; torch.compile (inductor) output'),

@@ -748,6 +748,8 @@ def aggregate_ops_case(run, config: str, dtype: str, shape: tuple, warmup: int,
               None if offset is None else offset.requires_grad_(), grad)
     names = [n for n in LOCAL_AGGREGATE_IMPLS.available()
              if LOCAL_AGGREGATE_IMPLS.unsupported_reason(n, value, weight) is None]
+    if 'triton' in names:  # the fused kernel vs its reference (the CPU path: not worth GPU time)
+        names = ['reference', 'triton']
     candidates = {f'local_aggregate {n}': aggregate_op(n, kwargs) for n in names}
     if config == 'outlook' and unsupported_reason('triton', value, weight.flatten(3)) is None:
         candidates['outlook triton'] = aggregate_op('outlook triton', kwargs)
