@@ -23,10 +23,10 @@ pos0 plus the offset, sampled bilinearly with zeros outside the image):
 * ``_bwd_rows``, one program per (cells, segments): the weight gradient
   ``gA[n, k(_o, k_in)] = g(n(, k_o)) . s(n, k(_in))`` (g = grad_out, or grad_out at
   pos0(n, k_o) for fold), with the softmax backward ``A * (gA - sum gA*A)`` in two passes
-  (the raw gA stored, a barrier, rewritten); the offset gradient (d s / d(dy, dx) from the
-  four corners); and, for offsets only, the value gradient: ``grad_s = A * g`` (fold:
-  ``sum_k_o A[n, k_o, k_in] g(n, k_o)``) scattered onto the four corners with atomic adds
-  (fp32/fp64 buffer) - the only atomics.
+  (the raw gA stored to a scratch buffer, a barrier, read back); the offset gradient
+  (d s / d(dy, dx) from the four corners); and, for offsets only, the value gradient:
+  ``grad_s = A * g`` (fold: ``sum_k_o A[n, k_o, k_in] g(n, k_o)``) scattered onto the four
+  corners with atomic adds (fp32/fp64 buffer) - the only atomics.
 * ``_bwd_values`` (no offsets), one program per (input pixels q, segments): the value
   gradient as a gather over the cells n and taps k with ``pos(n, k) = q`` (zeros boundary:
   one candidate per tap; 'clamp': up to K per axis, the windows shifted at the border),
@@ -335,7 +335,7 @@ def _store_weight_grad(gw_ptr, addr, static_addr, ga, valid, seg_ok, STATIC: tl.
 
 
 @_jit
-def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, goff_ptr, gv_ptr,
+def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, raw_ptr, goff_ptr, gv_ptr,
               H, W, Ho, Wo, C: tl.constexpr, G: tl.constexpr, GO: tl.constexpr,
               NSEG: tl.constexpr, SEG: tl.constexpr, SEG_PAD: tl.constexpr,
               SPB: tl.constexpr, CG: tl.constexpr, CGO: tl.constexpr, K: tl.constexpr,
@@ -344,7 +344,9 @@ def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, goff_ptr, gv_ptr
               FOLD: tl.constexpr, NEED_W: tl.constexpr, NEED_OFF: tl.constexpr,
               NEED_V: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Per cell: weight gradient (softmax backward included; static: this program's sum),
-    offset gradient, and with offsets the value gradient (atomics)."""
+    offset gradient, and with offsets the value gradient (atomics). The raw weight gradient
+    goes to ``raw_ptr`` (``gw_ptr`` itself unless the dynamic softmax backward rewrites it:
+    then a scratch buffer, so that no element is read after it was rewritten)."""
     offs, mask, b, seg, seg_ok, chan, chan_ok = _program(Ho * Wo, NSEG, SEG, SEG_PAD, SPB,
                                                          BLOCK)
     KK: tl.constexpr = K * K
@@ -377,7 +379,7 @@ def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, goff_ptr, gv_ptr
                 ga = tl.sum(g * s, axis=2)[:, :, None]
                 if SOFTMAX and not STATIC:
                     dot += ga * a
-                _store_weight_grad(gw_ptr, gw_row + k, gw_static + k, ga, valid, seg_ok,
+                _store_weight_grad(raw_ptr, gw_row + k, gw_static + k, ga, valid, seg_ok,
                                    STATIC)
             if HAS_OFF:
                 gs = g * a
@@ -394,7 +396,7 @@ def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, goff_ptr, gv_ptr
             tl.debug_barrier()
             for k in range(KK):
                 a = _attn(w_ptr, wb + k, lse, valid, SOFTMAX, ACC)
-                ga = tl.load(gw_ptr + gw_row + k, mask=valid, other=0.0)
+                ga = tl.load(raw_ptr + gw_row + k, mask=valid, other=0.0)
                 tl.store(gw_ptr + gw_row + k, a * (ga - dot), mask=valid)
     else:
         if NEED_W:
@@ -417,14 +419,14 @@ def _bwd_rows(v_ptr, w_ptr, off_ptr, lse_ptr, gout_ptr, gw_ptr, goff_ptr, gv_ptr
                         a = _attn(w_ptr, wb + k_out * KK + k_in, lse, row_ok, SOFTMAX, ACC)
                         dot += ga * a
                     idx = k_out * KK + k_in
-                    _store_weight_grad(gw_ptr, gw_row + idx, gw_static + idx, ga, valid,
+                    _store_weight_grad(raw_ptr, gw_row + idx, gw_static + idx, ga, valid,
                                        seg_ok, STATIC)
                 if SOFTMAX and not STATIC:
                     tl.debug_barrier()
                     for k_in in range(KK):
                         idx = k_out * KK + k_in
                         a = _attn(w_ptr, wb + idx, lse, row_ok, SOFTMAX, ACC)
-                        ga = tl.load(gw_ptr + gw_row + idx, mask=valid, other=0.0)
+                        ga = tl.load(raw_ptr + gw_row + idx, mask=valid, other=0.0)
                         tl.store(gw_ptr + gw_row + idx, a * (ga - dot), mask=valid)
         if HAS_OFF and (NEED_OFF or NEED_V):
             for k_in in range(KK):
@@ -638,7 +640,8 @@ def triton_backward(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.T
         else empty
     gv_acc = value.new_zeros(value.shape, dtype=acc) if (need_v and deform) else empty
     if need_w or (deform and (need_v or need_off)):
-        _launch(_bwd_rows, grid_n, value.device, value, weight, offset, lse, grad_out, gw,
+        raw = torch.empty_like(gw) if (need_w and softmax and not static) else gw
+        _launch(_bwd_rows, grid_n, value.device, value, weight, offset, lse, grad_out, gw, raw,
                 goff, gv_acc, height, width, out_h, out_w, FOLD=bool(fold), NEED_W=need_w,
                 NEED_OFF=need_off, NEED_V=need_v and deform, **meta)
     grad_v = None
