@@ -397,6 +397,33 @@ def test_sasa_with_relative_embedding_equals_local_attention(impl):
     assert_equal(value_and_grads(ours, [q, key, v, rel_h, rel_w]), want)
 
 
+@pytest.mark.parametrize('height,width,k,d,groups', [(5, 7, 3, 1, 3), (7, 6, 3, 2, 1),
+                                                     (6, 5, 5, 1, 2), (1, 1, 3, 1, 1)])
+def test_fused_attend_equals_similarity_softmax_aggregate(height, width, k, d, groups):
+    """attend_shifted (SASA fused, local_attention's fast path) = the two ops' composition
+    with a separable bias (reference impls), and = the unfold oracle without bias; values
+    and the gradients of q, k, v and both bias terms."""
+    from mmvolo.ops.local_aggregate_kernels import attend_shifted
+    gen = torch.Generator().manual_seed(21)
+    q, key, v = (randn(gen, 2, height, width, 6) for _ in range(3))
+    rows, cols = (randn(gen, 2, height, width, groups, k) for _ in range(2))
+
+    def composed(q, key, v, rows, cols):
+        logits = local_similarity(q, key, k, dilation=d, scale=1.0, groups=groups,
+                                  impl='reference')
+        logits = logits + (rows[..., :, None] + cols[..., None, :]).flatten(-2)
+        return local_aggregate(v, logits, k, padding=d * (k // 2), dilation=d, groups=groups,
+                               normalize='softmax', impl='reference')
+
+    inputs = [q, key, v, rows, cols]
+    got = value_and_grads(lambda *t: attend_shifted(*t, k, d, groups), inputs)
+    assert_equal(got, value_and_grads(composed, inputs))
+    zero = [q, key, v, torch.zeros_like(rows), torch.zeros_like(cols)]
+    got = value_and_grads(lambda *t: attend_shifted(*t, k, d, groups), zero)[:4]
+    want = value_and_grads(lambda q, key, v: sasa_oracle(q, key, v, k, d, groups, 1.0), zero[:3])
+    assert_equal(got, want)
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('height,width,k,d', [(5, 7, 3, 1), (6, 9, 3, 2), (7, 7, 5, 1),
                                               (3, 4, 3, 1)])
@@ -729,6 +756,14 @@ GRADCHECK_CASES = {  # name -> (fn, input shapes) on B=1, C=4, 5x7 (deformable 4
               [(1, 5, 7, 4), (1, 5, 7, 2, 9)]),
     'similarity': (lambda q, k: local_similarity(q, k, 3, groups=2, boundary='clamp'),
                    [(1, 5, 7, 4), (1, 5, 7, 4)]),
+    'similarity_zeros_d2': (lambda q, k: local_similarity(q, k, 3, dilation=2, groups=2)
+                            .clamp(min=-50.0), [(1, 5, 7, 4), (1, 5, 7, 4)]),
+    'shifted_softmax_d2': (lambda v, w: local_aggregate(v, w, 3, 1, 2, 2, groups=2,
+                                                        normalize='softmax'),
+                           [(1, 5, 7, 4), (1, 5, 7, 2, 9)]),
+    'attend_fused': (lambda q, k, v, r, c: _attend(q, k, v, r, c),
+                     [(1, 4, 5, 4), (1, 4, 5, 4), (1, 4, 5, 4), (1, 4, 5, 2, 3),
+                      (1, 4, 5, 2, 3)]),
     'deform_dcnv3': (lambda v, w, o: local_aggregate(v, w, 3, 1, 1, groups=2, offset=o,
                                                      normalize='softmax'),
                      [(1, 4, 5, 4), (1, 4, 5, 2, 9), (1, 4, 5, 2, 9, 2)]),
@@ -741,6 +776,11 @@ GRADCHECK_CASES = {  # name -> (fn, input shapes) on B=1, C=4, 5x7 (deformable 4
                                                            fold=True),
                            [(1, 3, 4, 4), (2, 4, 4), (1, 2, 3, 2, 4, 2)]),
 }
+
+
+def _attend(q, k, v, rows, cols):
+    from mmvolo.ops.local_aggregate_kernels import attend_shifted
+    return attend_shifted(q, k, v, rows, cols, 3, 1, 2)
 
 
 #: full Jacobians for these; the larger ones check random projections (fast_mode)
@@ -826,6 +866,71 @@ def test_low_precision_vs_float64(config, dtype):
     out = fn_fast(*[t.requires_grad_() for t in low])
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == dtype for t in low)
+
+
+CONFIGS = ['involution', 'dwconv', 'outlook', 'sasa', 'clamp', 'deform', 'deform_fold']
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_generic_path_without_special_kernels(config, monkeypatch):
+    """The generic block loop serves every configuration (the specialised kernels switched
+    off): equal to the reference in float64, values and gradients."""
+    import mmvolo.ops.local_aggregate_fast as fast
+    fn_ref, inputs = _all_configs('reference')[config]
+    want = value_and_grads(fn_ref, inputs)
+    monkeypatch.setattr(fast, 'special_kernel', lambda *args: None)
+    fn_fast, _ = _all_configs('fast')[config]
+    assert_equal(value_and_grads(fn_fast, inputs), want)
+
+
+def test_special_kernel_per_configuration():
+    """Which kernel ``impl='fast'`` runs: conv for static windows, shifted for stride-1
+    dynamic ones, chunked for outlook's fold (ceil grid, softmax), else the generic loop."""
+    from mmvolo.ops.local_aggregate import make_geometry
+    from mmvolo.ops.local_aggregate_kernels import special_kernel
+    v = torch.zeros(1, 7, 9, 6)
+    off = torch.zeros(1)
+
+    def pick(k=3, s=1, p=1, d=1, boundary='zeros', offset=None, normalize=None, fold=False,
+             static=False):
+        geom = make_geometry('t', v, k, s, p, d, boundary)
+        return special_kernel(geom, offset, normalize, fold, static)
+
+    assert pick(static=True) == pick(static=True, s=2, d=2, normalize='softmax') == 'conv'
+    assert pick() == pick(normalize='softmax', d=2, p=2) == 'shifted'
+    assert pick(s=2) is None and pick(boundary='clamp') is None and pick(offset=off) is None
+    assert pick(s=2, fold=True, normalize='softmax') == 'chunked'
+    assert pick(s=2, fold=True) is None and pick(fold=True, normalize='softmax',
+                                                 static=True) is None
+    assert pick(fold=True, normalize='softmax', p=0) is None  # grid 5x7, not ceil(H/S)
+    assert pick(static=True, offset=off) is None
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch) on
+    the custom ops of the fast path."""
+    import mmvolo.ops.local_aggregate_fast as fast
+    import mmvolo.ops.local_aggregate_kernels as kernels
+    gen = torch.Generator().manual_seed(20)
+
+    def r(*shape):
+        return randn(gen, *shape).requires_grad_()
+
+    off = (randn(gen, 1, 3, 4, 1, 9, 2) * 1.3 + 0.21).requires_grad_()
+    cases = [  # (op, args): deformable fold, stride 2; clamp, no offset; shifted; similarity
+        (fast._aggregate_op, (r(1, 5, 7, 6), r(1, 3, 4, 3, 9, 9), off, 3, 2, 1, 1, 0, 3, 1, 1,
+                              0)),
+        (fast._aggregate_op, (r(1, 5, 7, 6), r(1, 5, 7, 2, 9), torch.empty(0, dtype=F64), 3, 1,
+                              0, 1, 1, 2, 1, 0, 0)),
+        (kernels._shifted_op, (r(1, 5, 7, 6), r(1, 5, 7, 3, 9), 3, 1, 1, 3, 1)),
+        (fast._similarity_op, (r(1, 5, 7, 6), r(1, 5, 7, 6), 3, 1, 0, 2)),
+        (kernels._similarity_op, (r(1, 5, 7, 6), r(1, 5, 7, 6), 3, 2, 3)),
+        (kernels._attend_op, (r(1, 5, 7, 6), r(1, 5, 7, 6), r(1, 5, 7, 6), r(1, 5, 7, 2, 3),
+                              r(1, 5, 7, 2, 3), 3, 1, 2)),
+    ]
+    for op, args in cases:
+        result = torch.library.opcheck(op, args)
+        assert set(result.values()) == {'SUCCESS'}, (op, result)
 
 
 # ------------------------------------------------------------------------------------------

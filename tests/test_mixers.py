@@ -178,7 +178,7 @@ def test_local_attention_masks_outside_neighbours(impl):
 
 
 def test_fast_paths_save_no_unfolded_tensor():
-    """Autograd keeps only the inputs (and, for local attention, K*K logits per head): every
+    """Autograd keeps only the inputs (and, for local attention, K*K weights per head): every
     tensor any node of the graph saves, counted once per storage, inputs' storages aside."""
     height, width, kernel_size = 6, 5, 7
     numel = {}
@@ -197,7 +197,10 @@ def test_fast_paths_save_no_unfolded_tensor():
             call_op(op, 'fast', tensors, kernel_size)
         numel[op] = sum(saved.values())
     assert numel['involution'] == 0
-    assert numel['local_attention'] == 2 * height * width * HEADS * kernel_size ** 2
+    # the softmax weights (K*K per pixel and head) and the two relative terms q . rel_h,
+    # q . rel_w (K each)
+    per_head = 2 * height * width * HEADS
+    assert numel['local_attention'] == per_head * kernel_size ** 2 + 2 * per_head * kernel_size
 
 
 @pytest.mark.parametrize('op,args,match', [

@@ -47,6 +47,7 @@ from .custom_op import define_op
 from .local_aggregate import NORMALIZE, Geometry, geometry_of, similarity_mask
 from .local_aggregate_kernels import (
     KERNELS,
+    shifted_similarity,
     softmax_last,
     softmax_last_backward,
     special_kernel,
@@ -446,7 +447,14 @@ def _aggregate_forward_op(value: torch.Tensor, weight: torch.Tensor, offset: tor
     geom = geometry_of(value.shape, kernel_size, stride, padding, dilation, boundary)
     v, attn, off = _aggregate_inputs(value, weight, offset, normalize)
     out = aggregate_forward(v, attn, off, geom, groups, bool(fold), bool(static))
-    return out.to(value.dtype)
+    return _plain(out.to(value.dtype))
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor of its own (the image part of a padded buffer is a view: custom ops
+    return contiguous tensors at storage offset 0, as their fake kernels say)."""
+    return t if t.is_contiguous() and t.storage_offset() == 0 else t.clone(
+        memory_format=torch.contiguous_format)
 
 
 def _aggregate_backward_op(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor,
@@ -460,7 +468,7 @@ def _aggregate_backward_op(grad_out: torch.Tensor, value: torch.Tensor, weight: 
         tuple(needs))
     if grad_a is not None and normalize:
         grad_a = softmax_last_backward(grad_a, attn)
-    return tuple(None if t is None else t.to(ref.dtype)
+    return tuple(None if t is None else _plain(t.to(ref.dtype))
                  for t, ref in ((grad_v, value), (grad_a, weight), (grad_off, offset)))
 
 
@@ -542,7 +550,7 @@ def _similarity_backward_op(grad: torch.Tensor, query: torch.Tensor, key: torch.
             if need_k:
                 sampler.scatter(grad_k, r0, r1, k, glk * qb)
     grad_q = None if grad_q is None else grad_q.flatten(-2).to(query.dtype)
-    grad_k = None if grad_k is None else sampler.finish(grad_k).to(key.dtype)
+    grad_k = None if grad_k is None else _plain(sampler.finish(grad_k).to(key.dtype))
     return grad_q, grad_k
 
 
@@ -563,10 +571,13 @@ _similarity_op = define_op('mmvolo::local_similarity_fast', _similarity_forward_
 
 def local_similarity_fast(query: torch.Tensor, key: torch.Tensor, geom: Geometry,
                           groups: int, scale: float) -> torch.Tensor:
-    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_similarity` (the scale
-    applied to the query, so the custom op's parameters stay ints)."""
+    """``impl='fast'`` of :func:`~mmvolo.ops.local_aggregate.local_similarity`: the shifted
+    kernel (:mod:`.local_aggregate_kernels`) for 'zeros', the generic loop for 'clamp'; the
+    scale applied to the query, so the custom ops' parameters stay ints."""
     if scale != 1.0:
         query = query * scale
+    if geom.boundary == 'zeros':
+        return shifted_similarity(query, key, geom, groups)
     return _similarity_op(query, key, geom.kernel_size, geom.dilation, geom.params[4], groups)
 
 

@@ -20,12 +20,13 @@ module multiplies it by d**-0.5), so the op applies no scale of its own.
 * ``'reference'``: the formula with ``F.unfold`` of k and v into (B, heads, d, K*K, H*W), an
   unfolded validity mask and a softmax over K*K; it holds (and autograd saves) several
   K*K*C*H*W tensors.
-* ``'fast'`` (``'auto'``): the op as its configuration of the two family ops:
-  ``logits = local_similarity(q, k, K, scale=1, groups=heads) + q . r`` (the relative term
-  from two small matmuls, (B, H, W, heads, K) per axis, broadcast over the other axis; -inf
-  outside the image stays -inf), then ``local_aggregate(v, logits, K, padding=K//2,
-  groups=heads, normalize='softmax')`` (its 'shifted' kernel, :mod:`.local_aggregate_kernels`).
-  Saved: q, k, v and the logits (K*K*heads*H*W), nothing of size K*K*C*H*W.
+* ``'fast'`` (``'auto'``): the op's configuration of the family, ``local_aggregate(v,
+  local_similarity(q, k, K, scale=1, groups=heads) + q . r, K, padding=K//2, groups=heads,
+  normalize='softmax')``, run fused by :func:`~.local_aggregate_kernels.attend_shifted`
+  (one pass per row block over the taps' rectangles of
+  :meth:`~.local_aggregate.Geometry.tap_slices`); the relative term comes from two small
+  matmuls, (B, H, W, heads, K) per axis. Saved: q, k, v, those terms and the softmax
+  weights (K*K*heads*H*W), nothing of size K*K*C*H*W.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import ImplRegistry
-from .local_aggregate import check_kernel_size, check_tokens, local_aggregate, local_similarity
+from .local_aggregate import check_kernel_size, check_tokens
+from .local_aggregate_kernels import attend_shifted
 
 OP = 'local_attention'
 
@@ -104,24 +106,22 @@ def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def relative_logits(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
-                    num_heads: int) -> torch.Tensor:
-    """q . r[a, b] = q_row . rel_h[a] + q_col . rel_w[b]: (B, H, W, heads, K*K)."""
+                    num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q . r[a, b] = q_row . rel_h[a] + q_col . rel_w[b], as its two (B, H, W, heads, K)
+    terms (row offset a, column offset b)."""
     qh = q.unflatten(-1, (num_heads, q.shape[-1] // num_heads))
     half = rel_h.shape[1]
-    rows = qh[..., :half] @ rel_h.t()  # (B, H, W, heads, K): row offset a
-    cols = qh[..., half:] @ rel_w.t()  # column offset b
-    return (rows[..., :, None] + cols[..., None, :]).flatten(-2)
+    return qh[..., :half] @ rel_h.to(q.dtype).t(), qh[..., half:] @ rel_w.to(q.dtype).t()
 
 
 def local_attention_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          rel_h: torch.Tensor, rel_w: torch.Tensor, num_heads: int,
                          kernel_size: int = 7) -> torch.Tensor:
-    """Local attention through ``local_similarity`` / ``local_aggregate(impl='fast')``;
-    shapes as the reference."""
-    logits = local_similarity(q, k, kernel_size, scale=1.0, groups=num_heads, impl='fast')
-    logits = logits + relative_logits(q, rel_h.to(q.dtype), rel_w.to(q.dtype), num_heads)
-    return local_aggregate(v, logits, kernel_size, padding=kernel_size // 2, groups=num_heads,
-                           normalize='softmax', impl='fast')
+    """Local attention as ``local_aggregate(v, local_similarity(q, k) + q . r, normalize=
+    'softmax')``, fused (:func:`~.local_aggregate_kernels.attend_shifted`); shapes as the
+    reference."""
+    bias_rows, bias_cols = relative_logits(q, rel_h, rel_w, num_heads)
+    return attend_shifted(q, k, v, bias_rows, bias_cols, kernel_size, groups=num_heads)
 
 
 #: The implementations of this op (:mod:`.dispatch`): 'fast' is the 'auto' choice.
