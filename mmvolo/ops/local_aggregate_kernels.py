@@ -105,11 +105,11 @@ def conv_kernel(value: torch.Tensor, weight: torch.Tensor, geom: Geometry, group
 
 def _shifted_inputs(value: torch.Tensor, weight: torch.Tensor, geom: Geometry, groups: int,
                     normalize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """value (B, H, W, G, C/G) and A tap-major (K*K, B, Ho, Wo, G) in the compute dtype."""
+    """value (B, H, W, G, C/G) and A (B, Ho, Wo, G, K*K) in the compute dtype."""
     dtype = compute_dtype(value.dtype)
     xg = value.to(dtype).unflatten(-1, (groups, geom.channels // groups))
-    attn = weight.to(dtype).movedim(-1, 0).contiguous()
-    return xg, softmax_first_(attn) if normalize else attn
+    attn = weight.to(dtype)
+    return xg, softmax_last(attn) if normalize else attn
 
 
 def softmax_first_(x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +121,7 @@ def softmax_first_(x: torch.Tensor) -> torch.Tensor:
 
 def shifted_forward(value: torch.Tensor, weight: torch.Tensor, kernel_size: int,
                     padding: int, dilation: int, groups: int, normalize: int) -> torch.Tensor:
-    """(B, Ho, Wo, C): K*K in-place ``addcmul_`` on the taps' rectangles per row block, the
-    weights tap-major (each tap's plane contiguous)."""
+    """(B, Ho, Wo, C): K*K in-place ``addcmul_`` on the taps' rectangles per row block."""
     geom = geometry_of(value.shape, kernel_size, 1, padding, dilation, 'zeros')
     xg, attn = _shifted_inputs(value, weight, geom, groups, normalize)
     out = xg.new_zeros(geom.batch, geom.out_h, geom.out_w, *xg.shape[-2:])
@@ -132,7 +131,7 @@ def shifted_forward(value: torch.Tensor, weight: torch.Tensor, kernel_size: int,
             if slices is None:
                 continue
             (rows, cols), (in_rows, in_cols) = slices
-            out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols], attn[k, :, rows, cols, :, None])
+            out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols], attn[:, rows, cols, :, k:k + 1])
     return out.flatten(-2).to(value.dtype)
 
 
@@ -145,7 +144,7 @@ def shifted_backward(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.
     xg, attn = _shifted_inputs(value, weight, geom, groups, normalize)
     g = grad_out.to(xg.dtype).unflatten(-1, xg.shape[-2:])
     grad_x = xg.new_zeros(xg.shape) if need_v else None
-    grad_a = attn.new_zeros(attn.shape) if need_w else None  # tap-major
+    grad_a = attn.new_zeros(attn.shape) if need_w else None
     blocks = row_blocks(grad_out)
     scratch = xg.new_empty((geom.batch, max(stop - start for start, stop in blocks),
                             *g.shape[2:])) if need_w else None
@@ -157,13 +156,14 @@ def shifted_backward(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.
             (rows, cols), (in_rows, in_cols) = slices
             g_k = g[:, rows, cols]
             if need_v:
-                grad_x[:, in_rows, in_cols].addcmul_(g_k, attn[k, :, rows, cols, :, None])
+                grad_x[:, in_rows, in_cols].addcmul_(g_k, attn[:, rows, cols, :, k:k + 1])
             if need_w:
-                dot_last_into(grad_a[k, :, rows, cols], g_k, xg[:, in_rows, in_cols], scratch)
+                dot_last_into(grad_a[:, rows, cols, :, k], g_k, xg[:, in_rows, in_cols],
+                              scratch)
     if grad_a is not None:
-        if normalize:  # softmax backward over the taps (dim 0), in place
-            grad_a.sub_((grad_a * attn).sum(dim=0, keepdim=True)).mul_(attn)
-        grad_a = grad_a.movedim(0, -1).to(weight.dtype).contiguous()
+        if normalize:
+            softmax_last_backward(grad_a, attn)
+        grad_a = grad_a.to(weight.dtype)
     return None if grad_x is None else grad_x.flatten(-2).to(value.dtype), grad_a
 
 
