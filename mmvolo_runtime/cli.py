@@ -139,12 +139,16 @@ def main(argv: list[str] | None = None) -> None:
             write_png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR),
                       osp.join(args.out_dir, OVERLAYS, stems[path] + '.png'))
     print(f'wrote {len(images)} label maps{" and overlays" if args.overlays else ""} to '
-          f'{args.out_dir} ({info.mode} mode, {segmentor.input_size[0]}x'
-          f'{segmentor.input_size[1]} graph)')
+          f'{args.out_dir} ({info.mode} mode, {_graph_size(segmentor)} graph)')
     if inexact:
         print(f'note: {len(inexact)} image(s) ({inexact[0]}, ...) ran with padding mmseg would '
               'not add (smaller than the exported size); their logits differ from mmseg\'s near '
               'the padding (docs/deploy.md, "Run the exported file")', file=sys.stderr)
+
+
+def _graph_size(segmentor: OnnxSegmentor) -> str:
+    size = segmentor.input_size
+    return 'dynamic-size' if size is None else f'{size[0]}x{size[1]}'
 
 
 def run() -> None:

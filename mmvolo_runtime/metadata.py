@@ -8,7 +8,10 @@ strings: JSON for the keys added in version 1; the keys of the first exports
 ``num_classes``, ``mmvolo_config``) keep their format.
 
 :data:`METADATA_VERSION` is raised whenever a key changes meaning or a runtime would need a new
-one to reproduce the model; a runtime refuses files newer than it knows.
+one to reproduce the model; a runtime refuses files newer than it knows and reads every older
+version. Version 2 added ``dynamic_size`` (H and W of the graph are dynamic; a version-1
+runtime would misread such a graph) and ``outlook_impl`` as a field (the key existed as text);
+a version-1 file reads as ``dynamic_size=False``.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: The version of the metadata format written by this mmvolo (``mmvolo_metadata_version``).
-METADATA_VERSION = 1
+METADATA_VERSION = 2
 VERSION_KEY = 'mmvolo_metadata_version'
 #: The transforms of a test pipeline the runtime reproduces (others make it refuse the file).
 KNOWN_TRANSFORMS = ('LoadImageFromFile', 'LoadAnnotations', 'Resize', 'PackSegInputs')
@@ -42,7 +45,8 @@ class ModelInfo:
     """What the runtime needs to reproduce mmseg's inference of the exported config.
 
     Sizes are (H, W) unless named otherwise. ``out_channels`` is the graph's logits channels
-    (``num_classes``, or 1 for a sigmoid head thresholded at ``threshold``).
+    (``num_classes``, or 1 for a sigmoid head thresholded at ``threshold``). ``input_size`` is
+    the graph's fixed size, or with ``dynamic_size`` the size it was checked at.
     """
 
     config: str
@@ -68,6 +72,8 @@ class ModelInfo:
     classes: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     unsupported: str | None = None
+    dynamic_size: bool = False
+    outlook_impl: str | None = None
     version: int = METADATA_VERSION
 
 
@@ -90,8 +96,10 @@ def to_props(info: ModelInfo) -> dict[str, str]:
               'size_divisor': info.test_pad_divisor},
         'test_resize': resize, 'test_cfg': test_cfg, 'align_corners': info.align_corners,
         'classes': list(info.classes), 'palette': [list(color) for color in info.palette],
-        'runtime_unsupported': info.unsupported}
+        'runtime_unsupported': info.unsupported, 'dynamic_size': info.dynamic_size}
     props = {key: json.dumps(value) for key, value in values.items()}
+    if info.outlook_impl is not None:
+        props['outlook_impl'] = info.outlook_impl
     props.update({'mmvolo_config': info.config, 'num_classes': str(info.num_classes),
                   'preprocess_mean': str(list(info.mean)), 'preprocess_std': str(list(info.std)),
                   'preprocess_bgr_to_rgb': str(bool(info.bgr_to_rgb))})
@@ -155,7 +163,9 @@ def _model_info(reader: _Reader, version: int) -> ModelInfo:
         stride=_pair(test_cfg.get('stride')), align_corners=bool(reader.json('align_corners')),
         classes=tuple(reader.json('classes')),
         palette=tuple(tuple(int(v) for v in color) for color in reader.json('palette')),
-        unsupported=reader.json('runtime_unsupported'), version=version)
+        unsupported=reader.json('runtime_unsupported'),
+        dynamic_size=bool(reader.json('dynamic_size')) if version >= 2 else False,
+        outlook_impl=reader.props.get('outlook_impl'), version=version)
 
 
 class MetadataError(ValueError):

@@ -6,14 +6,17 @@ Per image (H, W, 3) uint8 BGR, with the settings recorded in the file's metadata
 2. BGR->RGB if the data_preprocessor does it, ``(x - mean) / std`` in float32;
 3. the data_preprocessor's test padding (``test_cfg`` size or size_divisor; right/bottom,
    ``pad_val``), as mmseg's ``stack_batch``;
-4. ``test_cfg.mode`` 'whole': padded further to the exported (fixed) size, one forward pass;
+4. ``test_cfg.mode`` 'whole': a fixed-size file: padded further to the exported size; a
+   dynamic-size file (``--dynamic-size``): as it is; one forward pass;
    'slide': mmseg's window grid (:func:`.windows.slide_windows`), windows of the crop size
-   (= the exported size) run in batches when the file's batch dimension is dynamic, logits
-   summed and divided by the window count as mmseg does;
+   (a fixed-size file: = the exported size; windows clipped by a smaller image padded to it)
+   run in batches when the file's batch dimension is dynamic, logits summed and divided by the
+   window count as mmseg does;
 5. the padding cropped off, logits resized to (H, W) bilinearly (``align_corners`` of the
    head; :func:`.interpolate.resize_bilinear`), argmax (sigmoid > threshold for one channel).
 
-mmseg runs the model on the padded image's own size; this file runs at the exported size. The
+mmseg runs the model on the padded image's own size, and so does a dynamic-size file (always
+``exact``); a fixed-size file runs at the exported size. The
 two agree exactly when :meth:`OnnxSegmentor.plan` says ``exact``: in 'whole' mode when the
 padded image is the exported size (e.g. the config pads to it: data_preprocessor
 ``test_cfg=dict(size=...)``), in 'slide' mode when the padded image is at least one crop in
@@ -76,7 +79,11 @@ class OnnxSegmentor:
         self.dynamic_batch = not isinstance(graph_input.shape[0], int)
         self.window_batch = max(1, int(window_batch)) if self.dynamic_batch else 1
         self.channels = int(graph_input.shape[1])
-        self.input_size: Pair = (int(graph_input.shape[2]), int(graph_input.shape[3]))
+        #: H and W of the graph are dynamic (``--dynamic-size``): any image size runs as is
+        self.dynamic_size = not all(isinstance(dim, int) for dim in graph_input.shape[2:])
+        #: the fixed (H, W) of the graph; None for a dynamic-size file
+        self.input_size: Pair | None = None if self.dynamic_size else (
+            int(graph_input.shape[2]), int(graph_input.shape[3]))
         _check_supported(self.info, self.input_size, self.path)
 
     # ------------------------------------------------------------------------ planning
@@ -91,13 +98,16 @@ class OnnxSegmentor:
                              f'{resized[0]}x{resized[1]}; crop it to a less extreme aspect ratio')
         padded = test_padded_shape(*resized, info.test_pad_size, info.test_pad_divisor)
         size = self.input_size
+        if size is None:  # a dynamic-size file runs what mmseg runs
+            return Plan((height, width), resized, padded, True)
         if info.mode == 'whole':
             if padded[0] > size[0] or padded[1] > size[1]:
                 raise UsageError(
                     f'{source} is {height}x{width} (HxW), {padded[0]}x{padded[1]} after the '
                     f"config's test resize and padding: larger than the {size[0]}x{size[1]} "
                     f'this file was exported at (whole-image mode, fixed size); export with '
-                    f'--shape {max(padded[0], size[0])} {max(padded[1], size[1])}')
+                    f'--shape {max(padded[0], size[0])} {max(padded[1], size[1])} (or '
+                    '--dynamic-size: every size)')
             exact = padded == size
         else:
             exact = padded[0] >= size[0] and padded[1] >= size[1]
@@ -114,7 +124,9 @@ class OnnxSegmentor:
                          info.bgr_to_rgb)
         data = pad_to(data, *plan.padded, info.pad_val)
         if info.mode == 'whole':
-            logits = self._run(pad_to(data, *self.input_size, info.pad_val)[None])[0]
+            if self.input_size is not None:
+                data = pad_to(data, *self.input_size, info.pad_val)
+            logits = self._run(data[None])[0]
         else:
             logits = self._slide(data)
         logits = logits[:, :plan.resized[0], :plan.resized[1]]
@@ -126,21 +138,27 @@ class OnnxSegmentor:
         """(C, H, W) normalised -> (out_channels, H, W): mmseg's ``slide_inference``."""
         _, height, width = data.shape
         windows = slide_windows(height, width, self.info.crop_size, self.info.stride)
-        crop_h, crop_w = self.input_size
+        # a fixed file pads a clipped window to its size; a dynamic one runs it as mmseg does
+        # (clipped windows all have the same size: the image's, in that dimension)
         preds = np.zeros((self.info.out_channels, height, width), np.float32)
         count = np.zeros((1, height, width), np.float32)
         for y1, y2, x1, x2 in windows:
             count[:, y1:y2, x1:x2] += 1
         for start in range(0, len(windows), self.window_batch):
             chunk = windows[start:start + self.window_batch]
-            crops = np.stack([pad_to(data[:, y1:y2, x1:x2], crop_h, crop_w, self.info.pad_val)
-                              for y1, y2, x1, x2 in chunk])
+            crops = np.stack([self._window(data[:, y1:y2, x1:x2]) for y1, y2, x1, x2 in chunk])
             for logits, (y1, y2, x1, x2) in zip(self._run(crops), chunk):
                 preds[:, y1:y2, x1:x2] += logits[:, :y2 - y1, :x2 - x1]
         return preds / count
 
+    def _window(self, crop: np.ndarray) -> np.ndarray:
+        """A window (C, h, w) as the graph takes it: padded to a fixed file's size."""
+        if self.input_size is None:
+            return crop
+        return pad_to(crop, *self.input_size, self.info.pad_val)
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """(B, C, h, w) float32 at the exported size -> (B, out_channels, h, w)."""
+        """(B, C, h, w) float32 (the exported size of a fixed file) -> (B, out_channels, h, w)."""
         try:
             (logits,) = self.session.run([self.output_name], {self.input_name: batch})
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
@@ -184,7 +202,7 @@ def _session(path: str, providers: Sequence[str] | None, threads: int | None):
                          'tools/deploy/export_onnx.py?)') from None
 
 
-def _check_supported(info: ModelInfo, input_size: Pair, path: str) -> None:
+def _check_supported(info: ModelInfo, input_size: Pair | None, path: str) -> None:
     """Refuse a file whose recorded pipeline this runtime cannot reproduce (one line)."""
     if info.unsupported:
         raise UsageError(f'{path}: {info.unsupported}; the runtime cannot reproduce that config '
@@ -194,10 +212,10 @@ def _check_supported(info: ModelInfo, input_size: Pair, path: str) -> None:
                          f'not one of {", ".join(INTERPOLATIONS)}')
     if info.mode not in ('whole', 'slide'):
         raise UsageError(f"{path}: test_cfg mode {info.mode!r} is not 'whole' or 'slide'")
-    if info.mode == 'slide' and tuple(info.crop_size) != input_size:
+    if info.mode == 'slide' and input_size is not None and tuple(info.crop_size) != input_size:
         raise UsageError(f'{path} was exported at {input_size[0]}x{input_size[1]} but the config '
                          f'slides {info.crop_size[0]}x{info.crop_size[1]} windows: export with '
-                         f'--shape {info.crop_size[0]} {info.crop_size[1]}')
+                         f'--shape {info.crop_size[0]} {info.crop_size[1]} (or --dynamic-size)')
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:

@@ -1,7 +1,7 @@
 """Export a segmentor (VOLO backbone + decode head) to ONNX and check it in onnxruntime.
 
     python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --out FILE.onnx [--shape H W]
-        [--dynamic] [--opset 18] [--tolerance 1e-4] [--benchmark N] [--trust]
+        [--dynamic] [--dynamic-size] [--opset 18] [--tolerance 1e-4] [--benchmark N] [--trust]
         [--cfg-options KEY=VALUE ...]
 
 The graph maps images (B, C, H, W), float32, already normalised the way the config's
@@ -9,8 +9,11 @@ The graph maps images (B, C, H, W), float32, already normalised the way the conf
 file's metadata), to logits (B, num_classes, H, W): mmseg's ``EncoderDecoder`` backbone +
 decode head, bilinearly resized to the input size (``encode_decode`` of a whole image; the
 auxiliary head is training-only and not exported). ``--shape`` (default: the config's
-``crop_size``) fixes H and W; ``--dynamic`` makes the batch size dynamic. Without CHECKPOINT
-the weights are random (checks the graph, not a model to deploy).
+``crop_size``) fixes H and W; ``--dynamic`` makes the batch size dynamic; ``--dynamic-size``
+makes batch, H and W dynamic (one file for every image size; ``--shape`` is then one of the
+sizes checked, see :func:`dynamic_check_sizes`), with adaptive pooling computed from the runtime
+size (:mod:`mmvolo.deploy.adaptive_pool`). Without CHECKPOINT the weights are random (checks
+the graph, not a model to deploy).
 
 Export uses PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``, which needs
 onnxscript), with outlook attention forced to the ``'reference'`` impl
@@ -35,6 +38,7 @@ See docs/deploy.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import os.path as osp
@@ -50,6 +54,7 @@ from mmvolo import runtime  # noqa: F401 - the stack fixes, before mmseg loads
 from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config
 from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
 from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
+from mmvolo.deploy.adaptive_pool import export_safe_pooling
 from mmvolo.fileio import atomic_path
 from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl
 from mmvolo.utils.errors import first_line
@@ -80,7 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input height and width (default: the config crop_size)')
     parser.add_argument('--dynamic', action='store_true',
-                        help='dynamic batch size (H and W stay fixed: see docs/deploy.md)')
+                        help='dynamic batch size (H and W stay fixed: see --dynamic-size)')
+    parser.add_argument('--dynamic-size', action='store_true',
+                        help='dynamic batch, height and width: one file serves every image '
+                        'size (checked at several sizes; see docs/deploy.md)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})')
     parser.add_argument('--tolerance', type=float, default=1e-4,
@@ -223,19 +231,19 @@ def model_bytes(module) -> int:
 
 
 def metadata(cfg, config: str, segmentor, inputs: str, *, size: tuple[int, int],
-             opset: int, dynamic: bool) -> dict[str, str]:
+             opset: int, dynamic: bool, dynamic_size: bool = False) -> dict[str, str]:
     """The file's metadata_props: what the graph expects (``input``), the data_preprocessor's
     normalisation (not in the graph) and what :mod:`mmvolo_runtime` needs to reproduce mmseg's
     inference (:class:`mmvolo_runtime.metadata.ModelInfo`, format version
     :data:`~mmvolo_runtime.metadata.METADATA_VERSION`)."""
     props = to_props(model_info(cfg, config, segmentor, size=size, opset=opset,
-                                dynamic=dynamic))
-    props.update(outlook_impl=EXPORT_IMPL, input=inputs)
+                                dynamic=dynamic, dynamic_size=dynamic_size))
+    props.update(input=inputs)
     return props
 
 
 def model_info(cfg, config: str, segmentor, *, size: tuple[int, int], opset: int,
-               dynamic: bool) -> ModelInfo:
+               dynamic: bool, dynamic_size: bool = False) -> ModelInfo:
     """The config's test-time inference as :class:`ModelInfo` (read, nothing built or run)."""
     pre = cfg.model.get('data_preprocessor') or {}
     test_pad = pre.get('test_cfg') or {}
@@ -258,7 +266,7 @@ def model_info(cfg, config: str, segmentor, *, size: tuple[int, int], opset: int
         crop_size=_pair(test_cfg.get('crop_size')) if mode == 'slide' else None,
         stride=_pair(test_cfg.get('stride')) if mode == 'slide' else None,
         align_corners=bool(head.align_corners), classes=classes, palette=palette,
-        unsupported=unsupported)
+        unsupported=unsupported, dynamic_size=dynamic_size, outlook_impl=EXPORT_IMPL)
 
 
 def test_resize(pipeline) -> tuple[ResizeStep | None, str | None]:
@@ -317,7 +325,8 @@ def dataset_metainfo(cfg) -> dict:
     return info
 
 
-def runtime_notes(props: dict[str, str], size: tuple[int, int]) -> list[str]:
+def runtime_notes(props: dict[str, str], size: tuple[int, int],
+                  dynamic_size: bool = False) -> list[str]:
     """Why ``tools/deploy/infer_onnx.py`` would refuse the file (export still succeeds)."""
     import json
 
@@ -326,7 +335,8 @@ def runtime_notes(props: dict[str, str], size: tuple[int, int]) -> list[str]:
         notes.append(f"{json.loads(props['runtime_unsupported'])}: tools/deploy/infer_onnx.py "
                      'will refuse this file')
     test_cfg = json.loads(props['test_cfg'])
-    if test_cfg['mode'] == 'slide' and tuple(test_cfg['crop_size']) != size:
+    if test_cfg['mode'] == 'slide' and tuple(test_cfg['crop_size']) != size \
+            and not dynamic_size:
         crop = test_cfg['crop_size']
         notes.append(f'the config slides {crop[0]}x{crop[1]} windows but --shape is '
                      f'{size[0]} {size[1]}: tools/deploy/infer_onnx.py needs --shape {crop[0]} '
@@ -342,20 +352,80 @@ def _pair(value) -> tuple[int, int] | None:
 
 
 # ------------------------------------------------------------------------------- export
-def export(module, example, dynamic: bool, opset: int):
-    """``torch.onnx.export(dynamo=True)`` with outlook attention forced to EXPORT_IMPL."""
+def export(module, example, dynamic: bool, opset: int, *, dynamic_size: bool = False):
+    """``torch.onnx.export(dynamo=True)`` with outlook attention forced to EXPORT_IMPL.
+
+    ``dynamic``: dim 0 of the input is dynamic. ``dynamic_size``: dims 0, 2 and 3 are
+    (``Dim.DYNAMIC``: an export that would specialise them fails), and every
+    ``nn.AdaptiveAvgPool2d`` of ``module`` runs, for the export only, as
+    :class:`~mmvolo.deploy.adaptive_pool.SizeFollowingAvgPool2d` (bins from the runtime size).
+    Python branches on the size follow ``example``'s size: trace at :func:`dynamic_trace_size`.
+    """
     from torch.export import Dim
 
-    dynamic_shapes = {INPUT_NAME: {0: Dim('batch', min=1)}} if dynamic else None
-    with forced_impl(EXPORT_IMPL, ops=(OUTLOOK_IMPLS.op,)), torch.no_grad():
+    if dynamic_size:
+        dynamic_shapes = {INPUT_NAME: {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+    else:
+        dynamic_shapes = {INPUT_NAME: {0: Dim('batch', min=1)}} if dynamic else None
+    pooling = export_safe_pooling(module) if dynamic_size else contextlib.nullcontext()
+    with forced_impl(EXPORT_IMPL, ops=(OUTLOOK_IMPLS.op,)), pooling, torch.no_grad():
         try:
-            return torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                     dynamic_shapes=dynamic_shapes, external_data=False,
-                                     verbose=False)
+            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=dynamic_shapes, external_data=False,
+                                        verbose=False)
         except Exception as error:  # noqa: BLE001 - the exporter raises many types
             raise UsageError(f'torch.onnx.export failed: {export_failure(error)}',
                              exit_code=1) from None
+    if dynamic_size:
+        check_dynamic_input(program.model)
+    return program
+
+
+def check_dynamic_input(model) -> None:
+    """One line (exit 1) when a dim of the exported input that should be dynamic is fixed
+    (torch.onnx may fall back to a draft export that specialises instead of failing)."""
+    dims = model.graph.inputs[0].shape
+    fixed = [name for name, dim in zip('BCHW', dims) if name != 'C' and isinstance(dim, int)]
+    if fixed:
+        raise UsageError(f'the exporter fixed dimension(s) {", ".join(fixed)} of the input '
+                         f'({" x ".join(map(str, dims))}): some code branches on the image size '
+                         'in a way torch.export cannot keep dynamic; export without '
+                         '--dynamic-size (one file per size)', exit_code=1)
+
+
+def dynamic_trace_size(segmentor, shape: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) a ``--dynamic-size`` export is traced at.
+
+    A branch on the size (VOLO: pad to a multiple of 16 only when needed, resize ``pos_embed``
+    only when the token grid differs from its own) is traced down the branch of the example,
+    so the example takes the general one in both dimensions: not a multiple of 16, and a
+    token grid unlike ``pos_embed``'s (``16 * grid + (21, 43)``: grid + 2, grid + 3), which
+    is exact at every size (zero padding of zero rows; bicubic resize to the same size is the
+    identity). Without a ``pos_embed`` grid: ``shape + (21, 43)``.
+    """
+    pos_embed = getattr(segmentor.backbone, 'pos_embed', None)
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.dim() == 4:
+        base = 16 * int(pos_embed.shape[1]), 16 * int(pos_embed.shape[2])
+    else:
+        base = shape
+    return base[0] + 21, base[1] + 43
+
+
+def dynamic_check_sizes(segmentor, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(batch, H, W) the parity check of a ``--dynamic-size`` file runs: ``shape`` (batch 1),
+    the trace size (batch 2), ``pos_embed``'s own size (the other branch: multiples of 16, no
+    resize) and a small odd size, each once."""
+    height, width = shape
+    trace = dynamic_trace_size(segmentor, shape)
+    own = trace[0] - 21, trace[1] - 43
+    sizes = [(1, height, width), (2, *trace), (1, *own),
+             (1, max(1, height // 2 + 3), max(1, width // 3 + 5))]
+    unique = []
+    for size in sizes:
+        if size[1:] not in [seen[1:] for seen in unique]:
+            unique.append(size)
+    return unique
 
 
 def export_failure(error: BaseException) -> str:
@@ -468,22 +538,30 @@ def main(argv: list[str] | None = None) -> None:
         or os.environ.get(IMPL_ENV_VAR) or 'auto'
     generator = torch.Generator().manual_seed(0)
     channels = in_channels(segmentor)
-    batches = PARITY_BATCHES[args.dynamic]
-    parity_inputs = [torch.randn(batch, channels, height, width, generator=generator)
-                     for batch in batches]
-    example = torch.randn(2 if args.dynamic else 1, channels, height, width,
-                          generator=generator)
+    dynamic_size = args.dynamic_size
+    batched = args.dynamic or dynamic_size
+    if dynamic_size:
+        checks = dynamic_check_sizes(segmentor, (height, width))
+        example_size = (2, *dynamic_trace_size(segmentor, (height, width)))
+    else:
+        checks = [(batch, height, width) for batch in PARITY_BATCHES[args.dynamic]]
+        example_size = (2 if args.dynamic else 1, height, width)
+    parity_inputs = [torch.randn(batch, channels, h, w, generator=generator)
+                     for batch, h, w in checks]
+    example = torch.randn(example_size[0], channels, *example_size[1:], generator=generator)
+    dims = 'HxW' if dynamic_size else f'{height}x{width}'
     print(f'[mmvolo] exporting {osp.basename(args.config)} '
-          f'({args.checkpoint or "random weights"}): input {"B" if args.dynamic else 1}'
-          f'x{channels}x{height}x{width}, opset {args.opset}, outlook attention '
+          f'({args.checkpoint or "random weights"}): input {"B" if batched else 1}'
+          f'x{channels}x{dims}, opset {args.opset}, outlook attention '
           f"'{EXPORT_IMPL}' in the graph (PyTorch here: '{configured}')", flush=True)
     start = time.perf_counter()
-    program = export(module, example, args.dynamic, args.opset)
+    program = export(module, example, args.dynamic, args.opset, dynamic_size=dynamic_size)
     seconds = time.perf_counter() - start
+    shape_words = ('H, W' if dynamic_size else f'{height}, {width}')
     program.model.metadata_props.update(
-        metadata(cfg, args.config, segmentor, f'{INPUT_NAME} (B, {channels}, {height}, {width}) '
+        metadata(cfg, args.config, segmentor, f'{INPUT_NAME} (B, {channels}, {shape_words}) '
                  'float32, normalised', size=(height, width), opset=args.opset,
-                 dynamic=args.dynamic))
+                 dynamic=batched, dynamic_size=dynamic_size))
     with atomic_path(args.out) as tmp:
         program.save(tmp, external_data=False)
         unknown = foreign_ops(packages['onnx'].load(tmp, load_external_data=False))
@@ -497,13 +575,13 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(f'onnxruntime differs from PyTorch by {diff:.3g} (max abs, at '
                              f'{checked}) > --tolerance {args.tolerance:g}; nothing written',
                              exit_code=1)
-    for note in runtime_notes(program.model.metadata_props, (height, width)):
+    for note in runtime_notes(program.model.metadata_props, (height, width), dynamic_size):
         print(f'note: {note}')
     megabytes = osp.getsize(args.out) / 2 ** 20
     print(f'wrote {args.out} ({megabytes:.1f} MiB, exported in {seconds:.1f} s); input '
-          f'{INPUT_NAME} {"B" if args.dynamic else 1}x{channels}x{height}x{width} float32 '
+          f'{INPUT_NAME} {"B" if batched else 1}x{channels}x{dims} float32 '
           f'normalised as the config\'s data_preprocessor does, output {OUTPUT_NAME} '
-          f'{"B" if args.dynamic else 1}x{segmentor.decode_head.num_classes}x{height}x{width}')
+          f'{"B" if batched else 1}x{segmentor.decode_head.num_classes}x{dims}')
     print(f'onnxruntime vs PyTorch: max abs diff {diff:.3g} at {checked} (tolerance '
           f'{args.tolerance:g})')
     if args.benchmark:
