@@ -120,9 +120,10 @@ def rel_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]
 
 
 def _triton_worker() -> None:
-    """Every case through impl='triton' vs the reference; print errors and times as JSON."""
+    """Every case through impl='triton' vs the reference; print errors (relative, and the
+    max abs differences for the record) and times as JSON."""
     from mmvolo.ops.local_aggregate_triton import INTERPRETED
-    results: dict = {'interpreted': INTERPRETED, 'cases': {}, 'seconds': {}}
+    results: dict = {'interpreted': INTERPRETED, 'cases': {}, 'abs': {}, 'seconds': {}}
     for name, case in CASES.items():
         started = time.perf_counter()
         for dtype in (torch.float64, torch.float32):
@@ -133,6 +134,8 @@ def _triton_worker() -> None:
             got = value_and_grads('triton', value, weight, offset, grad, kwargs)
             dtypes_ok = all(t.dtype == dtype for t in got)
             results['cases'][f'{name}/{str(dtype)[6:]}'] = rel_errors(got, want) + [dtypes_ok]
+            results['abs'][f'{name}/{str(dtype)[6:]}'] = [
+                (g.double() - w).abs().max().item() for g, w in zip(got, want)]
         results['seconds'][name] = time.perf_counter() - started
     for dtype in (torch.bfloat16, torch.float16):
         value, weight, offset, grad, kwargs = make_case(CASES[LOW_PRECISION_CASE], dtype)
