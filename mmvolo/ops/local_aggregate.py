@@ -56,8 +56,12 @@ padding=K//2, groups=heads)``: :func:`local_similarity` returns -inf logits ther
 Implementations (``impl=``): ``'reference'`` - every sample gathered into one (B, Ho, Wo, Go,
 K*K, C/Go) tensor by a bilinear gather (integer positions for fixed windows), then the
 weighted sum (and ``index_add`` for the fold); autograd differentiates it. ``'fast'``
-(``'auto'``, :mod:`.local_aggregate_fast`): a loop over the K*K taps per block of output rows,
-never more than one block's samples alive, with hand-written backward.
+(``'auto'`` on CPU, :mod:`.local_aggregate_fast`): per configuration a specialised kernel
+(:mod:`.local_aggregate_kernels`: ``F.conv2d`` for static windows, shifted rectangles for
+stride-1 dynamic ones, outlook's chunked kernel for its fold), else a loop over the K*K taps
+per block of output rows, never more than one block's samples alive; custom ops with
+hand-written backwards. The old ops (:func:`.depthwise_conv`, :func:`.involution`,
+:func:`.local_attention`, :func:`.outlook_attention`) are configurations of these two ops.
 """
 from __future__ import annotations
 
