@@ -10,6 +10,11 @@ Pins down:
   on the toy validation images and odd sizes, in whole mode (the config pads to the exported
   size) and in slide mode (24x24 windows, stride 16, overhanging the border, batched by a
   ``--dynamic`` export): >= 99.9 % of pixels equal, logits within 1e-4;
+* one ``--dynamic-size`` file (the config without test padding, so mmseg runs every image at
+  its own resized size) in whole mode and, with the slide ``test_cfg`` written into a copy's
+  metadata, in slide mode: every image exact (64x19 too: its windows run clipped, as mmseg
+  runs them), same thresholds; a version-1 file (no ``dynamic_size`` key) still reads, a
+  newer version is refused in one line;
 * the CLI: label maps equal to the API's, overlays written; bad input one line each, exit 2,
   nothing written (non-image, corrupt image, file without mmvolo metadata, older export,
   newer metadata version, image too large for a whole-mode file, duplicate stems, out-dir
@@ -165,14 +170,34 @@ def export(toy: dict, config: Path, out: Path, *args, capsys, checkpoint=True) -
 @pytest.fixture(scope='module')
 def exports(toy) -> dict:
     """whole (64x64, fixed batch), slide (24x24 crop by default, --dynamic), small (whole,
-    32x32 random weights: too small for the resized images)."""
+    32x32 random weights: too small for the resized images), dynamic (whole, --dynamic-size,
+    no test padding) and dynamic_slide (that file with the slide test_cfg in its metadata)."""
     capsys = _NullCapsys()
     root = toy['root']
-    return dict(
+    files = dict(
         whole=export(toy, toy['whole'], root / 'whole.onnx', '--shape', 64, 64, capsys=capsys),
         slide=export(toy, toy['slide'], root / 'slide.onnx', '--dynamic', capsys=capsys),
         small=export(toy, toy['config'], root / 'small.onnx', '--shape', 32, 32,
-                     capsys=capsys, checkpoint=False))
+                     capsys=capsys, checkpoint=False),
+        dynamic=export(toy, toy['config'], root / 'dynamic.onnx', '--dynamic-size',
+                       capsys=capsys))
+    files['dynamic_slide'] = edited_copy(files['dynamic'], root / 'dynamic_slide.onnx',
+                                         lambda props: props.update(test_cfg=json.dumps(dict(
+                                             mode='slide', crop_size=[24, 24],
+                                             stride=[16, 16]))))
+    return files
+
+
+def edited_copy(source: Path, target: Path, change) -> Path:
+    """A copy of the export ``source`` whose metadata_props went through ``change(props)``."""
+    model = onnx.load(str(source))
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    change(props)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(target))
+    return target
 
 
 class _NullCapsys:
@@ -235,7 +260,8 @@ def test_predictions_equal_mmsegs(mode, toy, exports):
 def test_metadata_round_trip_and_keys(exports):
     props = OnnxSegmentor(str(exports['slide'])).session.get_modelmeta().custom_metadata_map
     info = from_props(props, 'slide.onnx')
-    assert info.version == METADATA_VERSION and int(props['mmvolo_metadata_version']) == 1
+    assert info.version == METADATA_VERSION and int(props['mmvolo_metadata_version']) == 2
+    assert info.outlook_impl == 'reference' and not info.dynamic_size
     assert (info.mode, info.crop_size, info.stride) == ('slide', (24, 24), (16, 16))
     assert info.input_size == (24, 24) and info.dynamic_batch and info.opset == 18
     assert info.resize.scale == (64, 64) and info.resize.keep_ratio
@@ -274,14 +300,7 @@ def bad_models(exports, toy) -> dict:
     root = toy['root']
 
     def edited(name: str, change) -> Path:
-        model = onnx.load(str(exports['whole']))
-        props = {prop.key: prop.value for prop in model.metadata_props}
-        change(props)
-        del model.metadata_props[:]
-        for key, value in props.items():
-            model.metadata_props.add(key=key, value=value)
-        onnx.save(model, str(root / name))
-        return root / name
+        return edited_copy(exports['whole'], root / name, change)
 
     return dict(
         none=edited('plain.onnx', lambda props: props.clear()),
@@ -329,6 +348,62 @@ def test_bad_input_is_one_line(case, toy, exports, bad_models, tmp_path, capsys)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in single_line_error(result)
     assert not out.exists() and not list(tmp_path.rglob('*.png.*'))
+
+
+@pytest.mark.slow(seconds=10)
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_dynamic_size_file_equals_mmseg_at_every_size(mode, toy, exports):
+    """One --dynamic-size file: each image at its own size, as mmseg runs it (no refusal,
+    no extra padding, 64x19 included)."""
+    segmentor = OnnxSegmentor(str(exports['dynamic' if mode == 'whole' else 'dynamic_slide']),
+                              threads=1)
+    assert segmentor.dynamic_size and segmentor.input_size is None
+    assert segmentor.info.dynamic_size and segmentor.info.mode == mode
+    config = toy['config'] if mode == 'whole' else toy['slide']
+    expected = mmseg_predictions(config, toy['checkpoint'], toy['paths'])
+    equal = total = 0
+    worst = 0.0
+    sizes = set()
+    for path, (labels_ref, logits_ref) in zip(toy['paths'], expected):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        plan = segmentor.plan(*image.shape[:2])
+        assert plan.exact
+        sizes.add(plan.padded)
+        labels, logits = segmentor.predict(image)
+        assert logits.shape == logits_ref.shape == (6, *image.shape[:2])
+        equal += int((labels == labels_ref).sum())
+        total += labels.size
+        worst = max(worst, float(abs(logits - logits_ref).max()))
+    print(f'dynamic {mode}: {100 * equal / total:.3f} % of {total} pixels equal, max logit '
+          f'diff {worst:.2e}, {len(sizes)} graph input sizes')
+    assert len(sizes) >= 4  # (64, 64), (53, 64), (38, 64), (64, 19), ...
+    assert equal / total >= PIXELS_EQUAL and worst <= LOGIT_TOLERANCE
+
+
+def test_version_1_files_still_read_and_newer_ones_are_refused(exports, toy):
+    """A file of metadata version 1 (before dynamic_size) reads as a fixed-size file and
+    predicts as the version-2 file does; a newer version than the runtime's is one line."""
+    from mmvolo_runtime import UsageError
+
+    root = toy['root']
+
+    def as_version_1(props):
+        props.pop('dynamic_size')
+        props['mmvolo_metadata_version'] = '1'
+
+    old = OnnxSegmentor(str(edited_copy(exports['whole'], root / 'v1.onnx', as_version_1)))
+    assert old.info.version == 1 and not old.info.dynamic_size and old.input_size == (64, 64)
+    image = cv2.imread(str(toy['paths'][0]), cv2.IMREAD_COLOR)
+    new_labels, new_logits = OnnxSegmentor(str(exports['whole'])).predict(image)
+    old_labels, old_logits = old.predict(image)
+    assert np.array_equal(old_labels, new_labels) and np.array_equal(old_logits, new_logits)
+    newer = edited_copy(exports['dynamic'], root / 'v3.onnx', lambda props: props.update(
+        mmvolo_metadata_version=str(METADATA_VERSION + 1)))
+    with pytest.raises(UsageError) as error:
+        OnnxSegmentor(str(newer))
+    message = str(error.value)
+    assert '\n' not in message and f'metadata version {METADATA_VERSION + 1}' in message
+    assert f'knows up to {METADATA_VERSION}' in message and 'upgrade mmvolo' in message
 
 
 def test_api_refuses_a_non_image_array(exports):
