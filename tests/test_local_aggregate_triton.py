@@ -69,6 +69,9 @@ CASES = {
                                padding=1, fold=True, static=True),
 }
 LOW_PRECISION_CASE = 'dynamic_softmax'
+#: cases run again (fp64) with one input requiring grad at a time
+NEEDS_CASES = ('static_softmax', 'clamp_softmax', 'outlook_fold_stride2', 'deform_softmax',
+               'deform_fold_softmax')
 
 
 def make_case(case: dict, dtype: torch.dtype) -> tuple:
@@ -99,13 +102,16 @@ def make_case(case: dict, dtype: torch.dtype) -> tuple:
     return (*cast, kwargs)
 
 
-def value_and_grads(impl: str, value, weight, offset, grad, kwargs) -> list[torch.Tensor]:
-    """[out, grad value, grad weight(, grad offset)] of ``impl``."""
-    leaves = [t.detach().clone().requires_grad_() for t in (value, weight)]
-    off = None if offset is None else offset.detach().clone().requires_grad_()
+def value_and_grads(impl: str, value, weight, offset, grad, kwargs,
+                    needs: tuple[bool, bool, bool] = (True, True, True)) -> list[torch.Tensor]:
+    """[out, grad value, grad weight(, grad offset)] of ``impl``; with ``needs`` only the
+    gradients asked for (the others are not computed)."""
+    leaves = [t.detach().clone().requires_grad_(need) for t, need in zip((value, weight), needs)]
+    off = None if offset is None else offset.detach().clone().requires_grad_(needs[2])
     out = local_aggregate(*leaves, offset=off, impl=impl, **kwargs)
     out.backward(grad)
-    return [out.detach(), *(t.grad for t in leaves)] + ([] if off is None else [off.grad])
+    grads = [t.grad for t, need in zip((*leaves, off), needs) if need and t is not None]
+    return [out.detach(), *grads]
 
 
 def rel_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]:
@@ -123,7 +129,8 @@ def _triton_worker() -> None:
     """Every case through impl='triton' vs the reference; print errors (relative, and the
     max abs differences for the record) and times as JSON."""
     from mmvolo.ops.local_aggregate_triton import INTERPRETED
-    results: dict = {'interpreted': INTERPRETED, 'cases': {}, 'abs': {}, 'seconds': {}}
+    results: dict = {'interpreted': INTERPRETED, 'cases': {}, 'abs': {}, 'needs': {},
+                     'seconds': {}}
     for name, case in CASES.items():
         started = time.perf_counter()
         for dtype in (torch.float64, torch.float32):
@@ -144,6 +151,14 @@ def _triton_worker() -> None:
         got = value_and_grads('triton', value, weight, None, grad, kwargs)
         results['cases'][str(dtype)[6:]] = rel_errors(got, want) + [
             all(t.dtype == dtype for t in got)]
+    for name in NEEDS_CASES:  # one gradient at a time: the kernels skip the others
+        value, weight, offset, grad, kwargs = make_case(CASES[name], torch.float64)
+        for needs in ((True, False, False), (False, True, False), (False, False, True)):
+            if offset is None and needs[2]:
+                continue
+            want = value_and_grads('reference', value, weight, offset, grad, kwargs, needs)
+            got = value_and_grads('triton', value, weight, offset, grad, kwargs, needs)
+            results['needs'][f'{name}/{needs.index(True)}'] = rel_errors(got, want)
     results['opcheck'] = _opcheck()
     value, weight = make_case(CASES['involution'], torch.float32)[:2]
     results['auto'] = LOCAL_AGGREGATE_IMPLS.select(value, weight)
@@ -187,7 +202,7 @@ def triton_results() -> dict:
     return json.loads(lines[-1][len('RESULTS '):])
 
 
-@pytest.mark.slow(seconds=1.5)  # x28: one interpreted subprocess (the fixture), ~45 s in all
+@pytest.mark.slow(seconds=2.5)  # x28: one interpreted subprocess (the fixture), ~75 s CPU in all
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 @pytest.mark.parametrize('name', list(CASES))
 def test_triton_matches_reference(triton_results, name, dtype):
@@ -196,6 +211,16 @@ def test_triton_matches_reference(triton_results, name, dtype):
     expected = 4 if CASES[name].get('off_groups') else 3  # out, grad value, weight(, offset)
     assert len(errors) == expected
     assert max(errors) < TOL[dtype], errors
+
+
+@pytest.mark.parametrize('name', NEEDS_CASES)
+def test_triton_one_gradient_at_a_time(triton_results, name):
+    wanted = 3 if CASES[name].get('off_groups') else 2  # value, weight(, offset) alone
+    runs = {key: errors for key, errors in triton_results['needs'].items()
+            if key.startswith(name + '/')}
+    assert len(runs) == wanted, runs
+    for key, errors in runs.items():
+        assert len(errors) == 2 and max(errors) < TOL['float64'], (key, errors)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
