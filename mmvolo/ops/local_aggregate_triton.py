@@ -26,7 +26,8 @@ pos0 plus the offset, sampled bilinearly with zeros outside the image):
   (the raw gA stored to a scratch buffer, a barrier, read back); the offset gradient
   (d s / d(dy, dx) from the four corners); and, for offsets only, the value gradient:
   ``grad_s = A * g`` (fold: ``sum_k_o A[n, k_o, k_in] g(n, k_o)``) scattered onto the four
-  corners with atomic adds (fp32/fp64 buffer) - the only atomics.
+  corners with atomic adds (fp32/fp64 buffer) - the only atomics, and the only result
+  whose last bits depend on the order threads run in (everything else is deterministic).
 * ``_bwd_values`` (no offsets), one program per (input pixels q, segments): the value
   gradient as a gather over the cells n and taps k with ``pos(n, k) = q`` (zeros boundary:
   one candidate per tap; 'clamp': up to K per axis, the windows shifted at the border),
@@ -207,7 +208,8 @@ def _scatter(gv_ptr, off_ptr, b, cell, i, j, k, ogroup, valid, val, H, W, C: tl.
         cy = tl.where(inside, cy, 0)
         cx = tl.where(inside, cx, 0)
         base = ((b * H + cy) * W + cx) * C
-        tl.atomic_add(gv_ptr + base + chan, val * (wy * wx), mask=inside & chan_ok)
+        tl.atomic_add(gv_ptr + base + chan, val * (wy * wx), mask=inside & chan_ok,
+                      sem="relaxed")  # a sum: no ordering needed
 
 
 @_jit
