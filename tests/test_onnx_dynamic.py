@@ -170,3 +170,36 @@ def test_one_file_serves_every_size(dynamic_export):
         assert diff <= TOLERANCE, (height, width, diff)
         assert (actual.argmax(1) == expected.argmax(1)).all(), (height, width)
         assert abs(expected).max() > 100 * TOLERANCE
+
+
+def test_trace_and_check_sizes_take_both_branches():
+    """Traced where VOLO pads and resizes pos_embed (the general branches); checked also at
+    pos_embed's own size (no padding, no resize) and at the --shape."""
+    from mmvolo.deploy.onnx_export import dynamic_check_sizes, dynamic_trace_size
+
+    model = build_model_for_analysis(str(TOY_CONFIG), outlook_impl=None)
+    grid = tuple(model.backbone.pos_embed.shape[1:3])
+    trace = dynamic_trace_size(model, (64, 64))
+    assert trace == (85, 107) and grid == (4, 4)
+    assert all(side % 16 for side in trace)
+    assert all(-(-side // 16) != g for side, g in zip(trace, grid))
+    sizes = dynamic_check_sizes(model, (64, 80))
+    assert sizes == [(1, 64, 80), (2, 85, 107), (1, 64, 64), (1, 35, 31)]
+    assert dynamic_check_sizes(model, (64, 64))[1:] == [(2, 85, 107), (1, 35, 26)]
+
+
+def test_a_specialised_input_is_refused():
+    """torch.onnx may fall back to a draft export that fixes a size: one line, exit 1."""
+    from types import SimpleNamespace
+
+    from mmvolo.cli import UsageError
+    from mmvolo.deploy.onnx_export import check_dynamic_input
+
+    fixed = SimpleNamespace(graph=SimpleNamespace(inputs=[SimpleNamespace(
+        shape=('batch', 3, 64, 'width'))]))
+    with pytest.raises(UsageError, match=r'fixed dimension\(s\) H of the input .*export '
+                                         'without --dynamic-size') as error:
+        check_dynamic_input(fixed)
+    assert error.value.exit_code == 1
+    check_dynamic_input(SimpleNamespace(graph=SimpleNamespace(inputs=[SimpleNamespace(
+        shape=('batch', 3, 'height', 'width'))])))

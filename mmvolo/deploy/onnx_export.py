@@ -31,8 +31,9 @@ checkpoint or in a missing folder, onnx/onnxruntime/onnxscript not installed) pr
 The metadata_props also record what ``tools/deploy/infer_onnx.py`` (:mod:`mmvolo_runtime`,
 no torch) needs to reproduce mmseg's inference: the test Resize, the data_preprocessor's test
 padding, ``test_cfg`` (whole/slide, crop and stride), classes and palette, ``align_corners``,
-the opset and input size (:class:`mmvolo_runtime.metadata.ModelInfo`, versioned by
-``mmvolo_metadata_version``). In slide mode ``--shape`` defaults to ``test_cfg.crop_size``.
+the opset, input size, whether it is dynamic, the outlook impl in the graph and mmvolo's
+version (:class:`mmvolo_runtime.metadata.ModelInfo`, versioned by ``mmvolo_metadata_version``).
+In slide mode ``--shape`` defaults to ``test_cfg.crop_size``.
 See docs/deploy.md.
 """
 from __future__ import annotations
