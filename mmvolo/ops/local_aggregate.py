@@ -65,7 +65,7 @@ hand-written backwards. The old ops (:func:`.depthwise_conv`, :func:`.involution
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -95,9 +95,9 @@ def check_tokens(op: str, name: str, x: torch.Tensor) -> None:
                          f'{tuple(x.shape)}')
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes and window rule of one call (see the module docstring)."""
+class Geometry(NamedTuple):
+    """Sizes and window rule of one call (see the module docstring); a named tuple (built
+    on every call: cheaper than a frozen dataclass)."""
 
     batch: int
     height: int
@@ -179,7 +179,7 @@ def geometry_of(shape: tuple[int, ...] | torch.Size, kernel_size: int, stride: i
     """The Geometry of value shape (B, H, W, C) without validation (:func:`make_geometry`
     validates); ``boundary`` by name or index."""
     boundary = boundary if isinstance(boundary, str) else BOUNDARIES[boundary]
-    batch, height, width, channels = (int(n) for n in shape)
+    batch, height, width, channels = shape
     if boundary == 'clamp':
         out_h, out_w = height, width
     else:
@@ -417,8 +417,7 @@ def _similarity_reference(query: torch.Tensor, key: torch.Tensor, geom: Geometry
 
 
 def _similarity_fast(*args: object) -> torch.Tensor:
-    from .local_aggregate_fast import local_similarity_fast  # imports this module
-    return local_similarity_fast(*args)
+    return _fast.local_similarity_fast(*args)
 
 
 def _aggregate_reference(value: torch.Tensor, weight: torch.Tensor, geom: Geometry,
@@ -429,8 +428,7 @@ def _aggregate_reference(value: torch.Tensor, weight: torch.Tensor, geom: Geomet
 
 
 def _aggregate_fast(*args: object) -> torch.Tensor:
-    from .local_aggregate_fast import local_aggregate_fast  # imports this module
-    return local_aggregate_fast(*args)
+    return _fast.local_aggregate_fast(*args)
 
 
 #: The implementations of the two ops (:mod:`.dispatch`): 'fast' is the 'auto' choice.
@@ -453,3 +451,6 @@ def similarity_mask(geom: Geometry) -> torch.Tensor:
 __all__ = ['local_aggregate', 'local_similarity', 'local_aggregate_reference', 'Geometry',
            'make_geometry', 'geometry_of', 'bilinear_gather', 'check_tokens',
            'check_kernel_size']
+
+# last: the fast path imports this module's names
+from . import local_aggregate_fast as _fast  # noqa: E402
