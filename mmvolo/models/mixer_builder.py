@@ -2,7 +2,8 @@
 
 A token mixer is a registered module mapping tokens (B, H, W, C) -> (B, H, W, C) whose
 constructor takes ``embed_dims`` (C): ``OutlookAttention`` (VOLO's), ``Involution``,
-``LocalSelfAttention``, ``DWConvMixer`` or any module of the same interface.
+``LocalSelfAttention``, ``DWConvMixer``, ``DeformableOutlook``, ``DCNv3Mixer`` or any module
+of the same interface.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def build_token_mixer(cfg: dict | None, embed_dims: int, **defaults: Any) -> nn.
 
 def registered_mixers() -> list[str]:
     """The token mixers mmvolo ships that are registered in this process."""
-    known = ('OutlookAttention', 'Involution', 'LocalSelfAttention', 'DWConvMixer')
+    known = ('OutlookAttention', 'Involution', 'LocalSelfAttention', 'DWConvMixer',
+             'DeformableOutlook', 'DCNv3Mixer')
     return [name for name in known if MODELS.get(name) is not None]
 
 
