@@ -121,6 +121,10 @@ class DeformableOutlook(_TokenMixer):
         x: (B, H, W, C) (or (B, C, H, W)), any H, W >= 1 -> same shape.
     """
 
+    #: Parameters shared with OutlookAttention: VOLO(init_cfg=Pretrained) loads them from a
+    #: VOLO checkpoint, so the model starts as the pretrained VOLO (offsets zero).
+    OUTLOOK_PARAMETERS = ('v', 'attn', 'proj')
+
     def __init__(self, embed_dims: int, num_heads: int, kernel_size: int = 3,
                  padding: int | None = None, stride: int = 2,
                  offset_groups: int | None = None, offset_scale: float = 1.,

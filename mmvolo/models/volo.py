@@ -334,7 +334,8 @@ class VOLO(BaseModule):
 
         Every backbone tensor must come from the file, except the ones that are new by design:
         the pyramid layers (``out_norms.*``, ``upsample.*``), a swapped token mixer's
-        (``token_mixer=...``) and BatchNorm ``num_batches_tracked`` counters. The file's
+        (``token_mixer=...``; those it shares with OutlookAttention, its class's
+        ``OUTLOOK_PARAMETERS``, do load) and BatchNorm ``num_batches_tracked`` counters. The file's
         classification parts are dropped.
 
         Args:
@@ -371,7 +372,9 @@ class VOLO(BaseModule):
             details.append(f"token mixer {self.token_mixer}: newly initialised "
                            f"{len(mixer_keys['new'])} tensors (network.0.*.attn.*), "
                            f"{len(mixer_keys['dropped'])} OutlookAttention tensors of the "
-                           'checkpoint not used')
+                           'checkpoint not used'
+                           + (f", {len(mixer_keys['kept'])} loaded into it"
+                              if mixer_keys['kept'] else ''))
         if report.resized:
             details.append(f"pos_embed resized {report.resized['pos_embed'][0]} -> "
                            f"{report.resized['pos_embed'][1]}")
@@ -384,13 +387,24 @@ class VOLO(BaseModule):
                          result.unexpected_keys, warn=bool(missing))
 
     def _swapped_mixer_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-        """With a mixer other than OutlookAttention: its own parameter names (``new``, left at
-        VOLO's init) and the checkpoint's outlook-attention names (``dropped``)."""
+        """With a mixer other than OutlookAttention: the checkpoint's outlook-attention
+        tensors it loads (``kept``: those its class names in ``OUTLOOK_PARAMETERS``, e.g.
+        DeformableOutlook's ``v``/``attn``/``proj``, where the shapes agree), its other
+        parameters (``new``, left at VOLO's init) and the unused checkpoint tensors
+        (``dropped``)."""
         if self.token_mixer == DEFAULT_TOKEN_MIXER:
-            return {'new': [], 'dropped': []}
+            return {'new': [], 'dropped': [], 'kept': []}
         pattern = re.compile(rf'^network\.{GROUP_NETWORK_INDEX[0]}\.\d+\.attn\.')
-        return {'new': [key for key in self.state_dict() if pattern.match(key)],
-                'dropped': [key for key in state_dict if pattern.match(key)]}
+        mixer_class = type(self.network[GROUP_NETWORK_INDEX[0]][0].attn)
+        shared = tuple(f'.attn.{name}.' for name in getattr(mixer_class, 'OUTLOOK_PARAMETERS',
+                                                              ()))
+        own = self.state_dict()
+        kept = [key for key, value in state_dict.items()
+                if pattern.match(key) and any(part in key for part in shared)
+                and key in own and own[key].shape == value.shape]
+        return {'new': [key for key in own if pattern.match(key) and key not in kept],
+                'dropped': [key for key in state_dict if pattern.match(key) and key not in kept],
+                'kept': kept}
 
     def _check_shapes(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         own = self.state_dict()
