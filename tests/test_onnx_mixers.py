@@ -7,13 +7,9 @@ drawn away from zero so the deformable ones sample off the integer grid) is expo
 provider; each of its four outputs must equal PyTorch's within 1e-4 (docs/deploy.md), and
 the graph must use standard ONNX ops only.
 
-Two paths:
-* ``reference``: every op forced to its reference impl (:func:`mmvolo.ops.forced_impl`), the
-  path the issue asks every mixer to export through;
-* ``tool``: ``export()`` as the tool calls it (it forces outlook attention only; the other
-  ops keep their automatic choice), for the mixers whose op it does not force.
-
-The cases marked xfail are known failures outside the mixers (their reasons say where).
+export() forces every mmvolo op to its reference impl for the duration of the export (whatever
+a module's ``impl=`` or the environment say), and the parity is against the PyTorch model as
+configured (its fast paths), so each case also holds reference and fast path equal.
 """
 from __future__ import annotations
 
@@ -30,34 +26,12 @@ pytest.importorskip('onnxscript')
 from mmvolo.deploy.onnx_export import export  # noqa: E402
 from mmvolo.models import VOLO  # noqa: E402
 from mmvolo.models.arch_zoo import TINY_ARCH  # noqa: E402
-from mmvolo.ops import forced_impl  # noqa: E402
 
 TOLERANCE = 1e-4
 OPSET = 18
 MIXERS = ['OutlookAttention', 'Involution', 'LocalSelfAttention', 'DWConvMixer',
           'DeformableOutlook', 'DCNv3Mixer']
-#: onnxscript 0.7.2's optimizer (torch.onnx.export's default ``optimize=True``) writes an
-#: invalid model when one tensor is clamped twice with the same bounds (a Clip whose
-#: min/max initialisers were dropped: "Node input 'floor_min_1' is not a graph input"); the
-#: reference bilinear gather of ``local_aggregate`` clamps each corner's floor index once
-#: per neighbouring corner.
-CLIP_BUG = pytest.mark.xfail(
-    raises=Exception, strict=False,
-    reason="local_aggregate's reference gather trips onnxscript's optimizer (duplicate Clip "
-           'of one tensor: invalid model); owner: mmvolo/ops/local_aggregate.py')
-#: export() forces only outlook attention to 'reference'; the other ops' fast paths are
-#: custom ops (mmvolo::involution_fast_fwd, mmvolo::local_attention_fast_fwd,
-#: mmvolo::local_aggregate_fast_fwd) that ONNX cannot express.
-TOOL_FORCES_OUTLOOK_ONLY = pytest.mark.xfail(
-    raises=Exception, strict=False,
-    reason='export() forces only the outlook op to reference; the fast custom op has no ONNX '
-           'function; owner: mmvolo/deploy/onnx_export.py')
 DEFORMABLE = ('DeformableOutlook', 'DCNv3Mixer')
-REFERENCE_CASES = [pytest.param(m, marks=CLIP_BUG) if m in DEFORMABLE else m for m in MIXERS]
-#: OutlookAttention is left out: export() forces it, so the tool's path is the reference one.
-TOOL_CASES = [pytest.param(m, marks=TOOL_FORCES_OUTLOOK_ONLY)
-              if m in ('Involution', 'LocalSelfAttention', *DEFORMABLE) else m
-              for m in MIXERS if m != 'OutlookAttention']
 
 
 class Backbone(torch.nn.Module):
@@ -82,12 +56,12 @@ def tiny_backbone(mixer: str) -> Backbone:
     return Backbone(model).eval()
 
 
-def export_and_compare(mixer: str, force_reference: bool) -> float:
-    """Export, run in onnxruntime, return the max abs difference to PyTorch."""
+def export_and_compare(mixer: str) -> float:
+    """Export as the tool does, run in onnxruntime, return the max abs difference to
+    PyTorch (the model as configured: its fast paths)."""
     module = tiny_backbone(mixer)
     images = torch.randn(1, 3, 32, 48)
-    forcing = forced_impl('reference') if force_reference else contextlib.nullcontext()
-    with forcing, contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         program = export(module, images, dynamic=False, opset=OPSET)
     proto = program.model_proto
     assert {node.domain for node in proto.graph.node} <= {'', 'ai.onnx'}
@@ -102,12 +76,27 @@ def export_and_compare(mixer: str, force_reference: bool) -> float:
 
 
 @pytest.mark.slow(seconds=10)
-@pytest.mark.parametrize('mixer', REFERENCE_CASES)
-def test_every_mixer_exports_through_the_reference_path(mixer):
-    assert export_and_compare(mixer, force_reference=True) <= TOLERANCE
+@pytest.mark.parametrize('mixer', MIXERS)
+def test_every_mixer_exports_as_the_tool_does(mixer):
+    assert export_and_compare(mixer) <= TOLERANCE
 
 
 @pytest.mark.slow(seconds=10)
-@pytest.mark.parametrize('mixer', TOOL_CASES)
-def test_every_mixer_exports_as_the_tool_does(mixer):
-    assert export_and_compare(mixer, force_reference=False) <= TOLERANCE
+@pytest.mark.parametrize('mixer', DEFORMABLE)
+def test_export_overrides_an_explicit_fast_impl(mixer, monkeypatch):
+    """A mixer built with impl='fast' (and the op's variable naming it) still exports: the
+    export forces the reference, and the parity then holds fast == reference."""
+    monkeypatch.setenv('MMVOLO_LOCAL_AGGREGATE_IMPL', 'fast')
+    torch.manual_seed(0)
+    model = VOLO(arch=TINY_ARCH, img_size=32, token_mixer=dict(type=mixer, impl='fast'))
+    model.init_weights()
+    module = Backbone(model).eval()
+    images = torch.randn(1, 3, 32, 48)
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = export(module, images, dynamic=False, opset=OPSET)
+    session = ort.InferenceSession(program.model_proto.SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    actual = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        expected = module(images)
+    assert max(float(abs(a - e.numpy()).max()) for a, e in zip(actual, expected)) <= TOLERANCE

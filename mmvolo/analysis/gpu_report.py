@@ -70,8 +70,8 @@ from typing import Any, Callable
 
 import torch
 
-from mmvolo.apis import UsageError
-from mmvolo.apis.arguments import ToolArgumentParser
+from mmvolo.cli import UsageError
+from mmvolo.cli.arguments import ToolArgumentParser
 from mmvolo.fileio import write_text_atomic
 from mmvolo.stack import installed, provider
 from mmvolo.utils.signals import sigterm_raises

@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmvolo.apis import UsageError
-from mmvolo.apis.arguments import ToolArgumentParser, check_output_folder, write_json_report
+from mmvolo.cli import UsageError
+from mmvolo.cli.arguments import ToolArgumentParser, check_output_folder, write_json_report
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / 'configs' / 'ablation'

@@ -16,8 +16,9 @@ size (:mod:`mmvolo.deploy.adaptive_pool`). Without CHECKPOINT the weights are ra
 the graph, not a model to deploy).
 
 Export uses PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``, which needs
-onnxscript), with outlook attention forced to the ``'reference'`` impl
-(:func:`mmvolo.ops.forced_impl`): its unfold/fold become standard ONNX
+onnxscript), with every mmvolo op (outlook attention, local_aggregate and the other mixers'
+ops) forced to its ``'reference'`` impl (:func:`mmvolo.ops.forced_impl`): outlook's
+unfold/fold become standard ONNX
 ops (fold -> ``Col2Im``, hence opset >= 18), while the fast impls are custom ops ONNX does
 not know. The file is then run in onnxruntime (CPUExecutionProvider) on random input and
 compared with the PyTorch model as configured (its own outlook impl); the max abs difference
@@ -52,12 +53,12 @@ import torch.nn.functional as F
 
 import mmvolo  # noqa: F401 - registers VOLO and its modules
 from mmvolo import runtime  # noqa: F401 - the stack fixes, before mmseg loads
-from mmvolo.apis import UsageError, check_arch, check_seg_config, load_config
-from mmvolo.apis.arguments import ToolArgumentParser, add_cfg_options
-from mmvolo.apis.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
+from mmvolo.cli import UsageError, check_arch, check_seg_config, load_config
+from mmvolo.cli.arguments import ToolArgumentParser, add_cfg_options
+from mmvolo.cli.checks import check_checkpoint, model_state_dict, read_checkpoint_for_tool
 from mmvolo.deploy.adaptive_pool import export_safe_pooling
 from mmvolo.fileio import atomic_path
-from mmvolo.ops import IMPL_ENV_VAR, OUTLOOK_IMPLS, forced_impl
+from mmvolo.ops import IMPL_ENV_VAR, forced_impl
 from mmvolo.utils.errors import first_line
 from mmvolo.version import __version__ as mmvolo_version
 from mmvolo_runtime.metadata import KNOWN_TRANSFORMS, ModelInfo, ResizeStep, to_props
@@ -354,7 +355,7 @@ def _pair(value) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------------------- export
 def export(module, example, dynamic: bool, opset: int, *, dynamic_size: bool = False):
-    """``torch.onnx.export(dynamo=True)`` with outlook attention forced to EXPORT_IMPL.
+    """``torch.onnx.export(dynamo=True)`` with every mmvolo op forced to EXPORT_IMPL.
 
     ``dynamic``: dim 0 of the input is dynamic. ``dynamic_size``: dims 0, 2 and 3 are
     (``Dim.DYNAMIC``: an export that would specialise them fails), and every
@@ -369,7 +370,7 @@ def export(module, example, dynamic: bool, opset: int, *, dynamic_size: bool = F
     else:
         dynamic_shapes = {INPUT_NAME: {0: Dim('batch', min=1)}} if dynamic else None
     pooling = export_safe_pooling(module) if dynamic_size else contextlib.nullcontext()
-    with forced_impl(EXPORT_IMPL, ops=(OUTLOOK_IMPLS.op,)), pooling, torch.no_grad():
+    with forced_impl(EXPORT_IMPL), pooling, torch.no_grad():
         try:
             program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

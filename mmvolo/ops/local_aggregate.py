@@ -275,14 +275,17 @@ def bilinear_gather(value: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> 
     b = torch.arange(batch, device=py.device).view(batch, *([1] * (len(lead) - 1)))
     g = torch.arange(groups, device=py.device)
     y0, x0 = py.floor(), px.floor()
+    # each corner row / column clamped once (clamping one tensor twice made onnxscript's
+    # optimizer write an invalid ONNX model)
+    rows = [((cy >= 0) & (cy < height), cy.clamp(0, height - 1).long(), wy)
+            for cy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0))]
+    cols = [((cx >= 0) & (cx < width), cx.clamp(0, width - 1).long(), wx)
+            for cx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0))]
     out = 0
-    for cy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
-        for cx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
-            inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
-            yi = cy.clamp(0, height - 1).long()
-            xi = cx.clamp(0, width - 1).long()
+    for in_y, yi, wy in rows:
+        for in_x, xi, wx in cols:
             idx = ((b * height + yi) * width + xi) * groups + g
-            out = out + (wy * wx * inside)[..., None] * flat[idx]
+            out = out + (wy * wx * (in_y & in_x))[..., None] * flat[idx]
     return out
 
 
