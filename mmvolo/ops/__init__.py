@@ -42,7 +42,7 @@ __all__ = ['IMPL_ENV_VAR', 'OUTLOOK_IMPLS', 'OutlookImplFallbackWarning', 'avail
            'unsupported_reason',
            # the dispatcher of every op (.dispatch)
            'REGISTRIES', 'ImplFallbackWarning', 'ImplRegistry', 'forced_impl',
-           # sliding-window token-mixer ops, impl='auto'|'reference'|'fast' (.window_utils)
+           # the mixers' ops, configurations of local_aggregate: impl='auto'|'reference'|'fast'
            'depthwise_conv', 'involution', 'local_attention',
-           # one local-aggregation op for the family (issue #23), impl='auto'|'reference'|'fast'
+           # one local-aggregation op for the family, impl='auto'|'reference'|'fast'|'triton'
            'local_aggregate', 'local_similarity', 'deform_aggregate']

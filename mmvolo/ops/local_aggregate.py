@@ -359,7 +359,8 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int,
         normalize: None, or 'softmax' over the K*K taps (k_in with ``fold``).
         fold: scatter each window's K*K outputs back onto the input grid (outlook).
         boundary: 'zeros' (zero padding) or 'clamp' (windows kept inside the image).
-        impl: 'auto' (= 'fast', the default), 'fast' or 'reference' (:mod:`.dispatch`).
+        impl: 'auto' (= 'fast', the default), 'fast', 'reference' or 'triton' (opt-in; CUDA,
+            or CPU under TRITON_INTERPRET=1) (:mod:`.dispatch`).
 
     Returns:
         (B, Ho, Wo, C), or (B, H, W, C) with ``fold``; dtype of ``value``.

@@ -69,8 +69,9 @@ BLOCK_PIXELS = 16
 BLOCK_PIXELS_INTERPRETED = 32  # fewer, larger programs: the interpreter pays per program
 CHANNELS_PER_PROGRAM = 32  # about this many channels (whole segments) per program
 NUM_WARPS = 4
-#: above 'fast': 'auto' takes it wherever it can run (CUDA; CPU only when interpreted)
-PRIORITY = 20
+#: below 'fast': opt-in (``impl='triton'`` / $MMVOLO_LOCAL_AGGREGATE_IMPL=triton) until the GPU
+#: report has run it on a GPU; then raise it above 'fast' (10) so that 'auto' takes it on CUDA
+PRIORITY = 5
 
 
 # ----------------------------------------------------------------------------------------
