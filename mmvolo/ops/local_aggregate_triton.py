@@ -58,7 +58,15 @@ import torch
 
 from .custom_op import define_op
 from .local_aggregate import LOCAL_AGGREGATE_IMPLS, Geometry
-from .triton_support import HAS_TRITON, TRITON_MISSING, is_interpreted, tl, triton
+from .triton_support import (
+    HAS_TRITON,
+    TRITON_MISSING,
+    is_interpreted,
+    launch,
+    next_pow2,
+    tl,
+    triton,
+)
 from .triton_support import jit as _jit
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -529,10 +537,6 @@ def _block() -> int:
     return BLOCK_PIXELS_INTERPRETED if INTERPRETED else BLOCK_PIXELS
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -543,8 +547,8 @@ def plan(channels: int, groups: int, off_groups: int) -> dict[str, int]:
     cgo = channels // off_groups if off_groups else cg
     seg = math.gcd(cg, cgo)
     nseg = channels // seg
-    seg_pad = _next_pow2(seg)
-    spb = min(_next_pow2(nseg), max(1, CHANNELS_PER_PROGRAM // seg_pad))
+    seg_pad = next_pow2(seg)
+    spb = min(next_pow2(nseg), max(1, CHANNELS_PER_PROGRAM // seg_pad))
     spb = 1 << (spb.bit_length() - 1)  # a power of two
     return dict(C=channels, G=groups, GO=off_groups or groups, NSEG=nseg, SEG=seg,
                 SEG_PAD=seg_pad, SPB=spb, CG=cg, CGO=cgo)
@@ -552,15 +556,7 @@ def plan(channels: int, groups: int, off_groups: int) -> dict[str, int]:
 
 def _launch(kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any,
             **meta: Any) -> None:
-    """Launch on ``device``'s stream; CPU tensors are only accepted by interpreted kernels."""
-    if device.type == 'cuda' and not INTERPRETED:
-        with torch.cuda.device(device):
-            kernel[grid](*args, **meta, num_warps=NUM_WARPS)
-    elif INTERPRETED:
-        kernel[grid](*args, **meta)
-    else:
-        raise RuntimeError('local_aggregate_triton: tensors on CPU need TRITON_INTERPRET=1 '
-                           'set before triton is imported')
+    launch(kernel, grid, device, 'local_aggregate_triton', NUM_WARPS, *args, **meta)
 
 
 def _params(value: torch.Tensor, kernel_size: int, stride: int, padding: int, dilation: int,

@@ -52,7 +52,15 @@ import torch
 
 from .custom_op import define_outlook_op
 from .outlook import output_grid, register_outlook_impl, register_unavailable_impl
-from .triton_support import HAS_TRITON, TRITON_MISSING, is_interpreted, tl, triton
+from .triton_support import (
+    HAS_TRITON,
+    TRITON_MISSING,
+    is_interpreted,
+    launch,
+    next_pow2,
+    tl,
+    triton,
+)
 from .triton_support import jit as _jit
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -237,30 +245,18 @@ def _block() -> int:
     return BLOCK_PIXELS_INTERPRETED if INTERPRETED else BLOCK_PIXELS
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _meta(v: torch.Tensor, num_heads: int, kernel_size: int, padding: int,
           stride: int) -> dict[str, int]:
     """Compile-time constants shared by the three kernels."""
     head_dim = v.shape[-1] // num_heads
-    return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=max(2, _next_pow2(head_dim)),
-                K=kernel_size, KK_PAD=max(2, _next_pow2(kernel_size * kernel_size)),
+    return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=max(2, next_pow2(head_dim)),
+                K=kernel_size, KK_PAD=max(2, next_pow2(kernel_size * kernel_size)),
                 PADDING=padding, STRIDE=stride, BLOCK=_block())
 
 
 def _launch(kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any,
-            **meta: int) -> None:
-    """Launch on ``device``'s stream; CPU tensors are only accepted by interpreted kernels."""
-    if device.type == 'cuda' and not INTERPRETED:
-        with torch.cuda.device(device):
-            kernel[grid](*args, **meta, num_warps=NUM_WARPS)
-    elif INTERPRETED:
-        kernel[grid](*args, **meta)
-    else:
-        raise RuntimeError('outlook_attention_triton: tensors on CPU need TRITON_INTERPRET=1 '
-                           'set before triton is imported')
+            **meta: Any) -> None:
+    launch(kernel, grid, device, 'outlook_attention_triton', NUM_WARPS, *args, **meta)
 
 
 def triton_forward(v: torch.Tensor, logits: torch.Tensor, num_heads: int, kernel_size: int,

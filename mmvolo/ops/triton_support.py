@@ -28,3 +28,24 @@ def is_interpreted(kernel: Any) -> bool:
     """True when ``kernel`` runs under Triton's interpreter (``TRITON_INTERPRET=1`` before
     triton was imported): the interpreter's kernels are not ``JITFunction``s."""
     return HAS_TRITON and not isinstance(kernel, triton.runtime.JITFunction)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): Triton block sizes."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def launch(kernel: Any, grid: tuple[int, ...], device: Any, op: str, num_warps: int,
+           *args: Any, **meta: Any) -> None:
+    """Run ``kernel[grid](*args, **meta)`` on ``device``'s CUDA stream, or interpreted (CPU
+    tensors are accepted only by interpreted kernels: else a one-line RuntimeError)."""
+    if is_interpreted(kernel):
+        kernel[grid](*args, **meta)
+    elif device.type == 'cuda':
+        import torch
+
+        with torch.cuda.device(device):
+            kernel[grid](*args, **meta, num_warps=num_warps)
+    else:
+        raise RuntimeError(f'{op}: tensors on CPU need TRITON_INTERPRET=1 set before triton '
+                           'is imported')
