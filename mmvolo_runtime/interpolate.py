@@ -35,7 +35,12 @@ def resize_bilinear(data: np.ndarray, height: int, width: int,
     if data.shape[1:] == (height, width):
         return data
     x0, x1, wx = source_weights(data.shape[2], width, align_corners)
-    rows = data[:, :, x0] * (1 - wx) + data[:, :, x1] * wx
     y0, y1, wy = source_weights(data.shape[1], height, align_corners)
     wy = wy[:, None]
-    return (rows[:, y0] * (1 - wy) + rows[:, y1] * wy).astype(np.float32, copy=False)
+    out = np.empty((data.shape[0], height, width), dtype=np.float32)
+    for channel, plane in zip(out, data):  # one channel at a time: its temporaries stay small
+        rows = plane[:, x0] * (1 - wx)
+        rows += plane[:, x1] * wx
+        np.multiply(rows[y0], 1 - wy, out=channel)
+        channel += rows[y1] * wy
+    return out
