@@ -254,14 +254,11 @@ def _forked_child(queue) -> None:
     queue.put(max(max_errors(got, want)))
 
 
-@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
-def test_chunked_workers_after_fork(monkeypatch):
-    """A forked child (e.g. a DataLoader worker) starts its own pool instead of waiting on
-    the parent's threads, which it does not have ($MMVOLO_OUTLOOK_WORKERS=2 forces a pool
-    even though the child computes with one thread)."""
+def _fork_scenario() -> None:
+    """The parent runs chunked on its pool, then forks a child that runs it too; exits 0
+    when the child finished with the reference's result."""
     import multiprocessing
 
-    monkeypatch.setenv(WORKERS_ENV_VAR, '2')
     v, logits, grad = make_inputs(9, 13, 2, 2)
     value_and_grads(outlook_attention_chunked, v, logits, grad, 2, 3, 1, 2)  # parent's pool
     context = multiprocessing.get_context('fork')
@@ -271,8 +268,30 @@ def test_chunked_workers_after_fork(monkeypatch):
     child.join(timeout=60)
     if child.is_alive():
         child.kill()
-        pytest.fail('the forked child hung running chunked on workers')
-    assert child.exitcode == 0 and queue.get(timeout=5) < 1e-5
+        sys.exit('the forked child hung running chunked on workers')
+    if child.exitcode != 0:
+        sys.exit(f'the forked child failed (exit code {child.exitcode})')
+    error = queue.get(timeout=5)
+    if not error < 1e-5:
+        sys.exit(f'the forked child computed a different result (max error {error})')
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_chunked_workers_after_fork():
+    """A forked child (e.g. a DataLoader worker) starts its own pool instead of waiting on
+    the parent's threads, which it does not have ($MMVOLO_OUTLOOK_WORKERS=2 forces a pool
+    even though the child computes with one thread). In a fresh interpreter: a parent that
+    already ran autograd on other threads (as earlier tests in this process may have) makes
+    torch refuse backward in any forked child, whatever the op."""
+    import subprocess
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, **{WORKERS_ENV_VAR: '2'},
+               PYTHONPATH=os.pathsep.join([tests, os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run(
+        [sys.executable, '-c', 'import test_ops_outlook_impls as t; t._fork_scenario()'],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------
