@@ -144,5 +144,6 @@ def test_old_cli_submodule_paths_are_the_new_modules():
         old = importlib.import_module('mmvolo.apis.checks')
     assert old is importlib.import_module('mmvolo.cli.checks')
     from mmvolo.apis.output_paths import check_output_folders
+
     from mmvolo.cli.output_paths import check_output_folders as current
     assert check_output_folders is current

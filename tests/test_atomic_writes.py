@@ -14,8 +14,8 @@ import pytest
 import torch
 from tool_helpers import REPO, make_tiny_data, run_tool, write_tiny_config
 
-from mmvolo.cli.resume import periodic_checkpoints, resolve_resume
 from mmvolo.checkpoint import load_checkpoint_file
+from mmvolo.cli.resume import periodic_checkpoints, resolve_resume
 from mmvolo.fileio import AtomicLocalBackend, atomic_path, write_bytes_atomic
 
 

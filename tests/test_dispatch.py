@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from compile_checks import assert_compiles_like_eager
 
 from mmvolo.ops import REGISTRIES, ImplFallbackWarning, forced_impl
 from mmvolo.ops.dispatch import ImplRegistry, env_var_for
@@ -106,22 +107,7 @@ def test_volo_with_each_mixer_compiles_without_graph_break(mixer, tiny_arch):
     """Every fast path is a custom op from the one wrapper: dynamo keeps the whole VOLO
     forward in one graph, and the compiled forward and backward (AOT autograd through the
     fake kernels) equal eager."""
-    import torch._dynamo
-
     from mmvolo import VOLO
 
-    torch._dynamo.reset()
     model = VOLO(arch=tiny_arch, token_mixer=mixer and dict(type=mixer)).double()
-    x = torch.randn(1, 3, 40, 56, dtype=torch.float64)
-    assert torch._dynamo.explain(model)(x).graph_break_count == 0
-
-    def loss(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        value = sum(out.square().mean() for out in fn(x))
-        value.backward()
-        return value.detach(), [p.grad.clone() for p in model.parameters()]
-
-    want, want_grads = loss(model)
-    got, got_grads = loss(torch.compile(model, backend='aot_eager', fullgraph=True))
-    assert torch.allclose(got, want, atol=1e-10)
-    assert all(torch.allclose(g, w, atol=1e-9) for g, w in zip(got_grads, want_grads))
+    assert_compiles_like_eager(model, torch.randn(1, 3, 40, 56, dtype=torch.float64))
