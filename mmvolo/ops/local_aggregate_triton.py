@@ -66,6 +66,7 @@ from .triton_support import (
     next_pow2,
     tl,
     triton,
+    unsupported_reason,
 )
 from .triton_support import jit as _jit
 
@@ -688,15 +689,7 @@ def local_aggregate_triton(value: torch.Tensor, weight: torch.Tensor, geom: Geom
 
 def triton_supports(value: torch.Tensor, weight: torch.Tensor) -> str | None:
     """None when the 'triton' impl can run on these tensors, else why not."""
-    if value.device != weight.device:
-        return 'value and weight are on different devices'
-    if value.dtype not in SUPPORTED_DTYPES or weight.dtype not in SUPPORTED_DTYPES:
-        return (f'dtypes {value.dtype} / {weight.dtype} (the kernels take float32, float16, '
-                'bfloat16 and float64)')
-    if not (value.is_cuda or INTERPRETED):
-        return (f'{value.device.type} tensors (the kernels run on CUDA, or on CPU with '
-                'TRITON_INTERPRET=1 set before triton is imported)')
-    return None
+    return unsupported_reason(value, weight, ('value', 'weight'), SUPPORTED_DTYPES, INTERPRETED)
 
 
 if HAS_TRITON:

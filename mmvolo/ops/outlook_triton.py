@@ -60,6 +60,7 @@ from .triton_support import (
     next_pow2,
     tl,
     triton,
+    unsupported_reason,
 )
 from .triton_support import jit as _jit
 
@@ -323,15 +324,7 @@ def outlook_attention_triton(v: torch.Tensor, logits: torch.Tensor, num_heads: i
 
 def triton_supports(v: torch.Tensor, logits: torch.Tensor) -> str | None:
     """None when the 'triton' impl can run on these tensors, else why not."""
-    if v.device != logits.device:
-        return 'v and logits are on different devices'
-    if v.dtype not in SUPPORTED_DTYPES or logits.dtype not in SUPPORTED_DTYPES:
-        return (f'dtypes {v.dtype} / {logits.dtype} (the kernels take float32, float16 and '
-                'bfloat16)')
-    if not (v.is_cuda or INTERPRETED):
-        return (f'{v.device.type} tensors (the kernels run on CUDA, or on CPU with '
-                'TRITON_INTERPRET=1 set before triton is imported)')
-    return None
+    return unsupported_reason(v, logits, ('v', 'logits'), SUPPORTED_DTYPES, INTERPRETED)
 
 
 if HAS_TRITON:

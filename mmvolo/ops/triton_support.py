@@ -49,3 +49,18 @@ def launch(kernel: Any, grid: tuple[int, ...], device: Any, op: str, num_warps: 
     else:
         raise RuntimeError(f'{op}: tensors on CPU need TRITON_INTERPRET=1 set before triton '
                            'is imported')
+
+
+def unsupported_reason(first: Any, second: Any, names: tuple[str, str], dtypes: tuple,
+                       interpreted: bool) -> str | None:
+    """None when a fused kernel can run on the two input tensors, else why not (their
+    devices, their dtypes against ``dtypes``, CUDA or the interpreter)."""
+    if first.device != second.device:
+        return f'{names[0]} and {names[1]} are on different devices'
+    if first.dtype not in dtypes or second.dtype not in dtypes:
+        taken = ', '.join(str(dtype).replace('torch.', '') for dtype in dtypes)
+        return f'dtypes {first.dtype} / {second.dtype} (the kernels take {taken})'
+    if not (first.is_cuda or interpreted):
+        return (f'{first.device.type} tensors (the kernels run on CUDA, or on CPU with '
+                'TRITON_INTERPRET=1 set before triton is imported)')
+    return None
