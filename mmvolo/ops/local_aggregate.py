@@ -65,6 +65,7 @@ hand-written backwards. The old ops (:func:`.depthwise_conv`, :func:`.involution
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -147,6 +148,16 @@ class Geometry(NamedTuple):
         if row is None or col is None:
             return None
         return (row[0], col[0]), (row[1], col[1])
+
+    def tap_windows(self, blocks: Iterable[tuple[int, int]]
+                    ) -> Iterator[tuple[int, tuple[slice, slice], tuple[slice, slice]]]:
+        """``(k, out_window, in_window)`` of :meth:`tap_slices` for every block of output
+        rows and every tap k whose window is inside the image there."""
+        for block in blocks:
+            for k in range(self.taps):
+                slices = self.tap_slices(k, block)
+                if slices is not None:
+                    yield (k, *slices)
 
     def padded_size(self) -> tuple[int, int]:
         """(Hp, Wp) of a zero-padded buffer, the image at offset (P, P), that holds every

@@ -125,13 +125,8 @@ def shifted_forward(value: torch.Tensor, weight: torch.Tensor, kernel_size: int,
     geom = geometry_of(value.shape, kernel_size, 1, padding, dilation, 'zeros')
     xg, attn = _shifted_inputs(value, weight, geom, groups, normalize)
     out = xg.new_zeros(geom.batch, geom.out_h, geom.out_w, *xg.shape[-2:])
-    for block in row_blocks(out.flatten(-2)):
-        for k in range(geom.taps):
-            slices = geom.tap_slices(k, block)
-            if slices is None:
-                continue
-            (rows, cols), (in_rows, in_cols) = slices
-            out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols], attn[:, rows, cols, :, k:k + 1])
+    for k, (rows, cols), (in_rows, in_cols) in geom.tap_windows(row_blocks(out.flatten(-2))):
+        out[:, rows, cols].addcmul_(xg[:, in_rows, in_cols], attn[:, rows, cols, :, k:k + 1])
     return out.flatten(-2).to(value.dtype)
 
 
@@ -148,18 +143,13 @@ def shifted_backward(grad_out: torch.Tensor, value: torch.Tensor, weight: torch.
     blocks = row_blocks(grad_out)
     scratch = xg.new_empty((geom.batch, max(stop - start for start, stop in blocks),
                             *g.shape[2:])) if need_w else None
-    for block in blocks:
-        for k in range(geom.taps):
-            slices = geom.tap_slices(k, block)
-            if slices is None:
-                continue
-            (rows, cols), (in_rows, in_cols) = slices
-            g_k = g[:, rows, cols]
-            if need_v:
-                grad_x[:, in_rows, in_cols].addcmul_(g_k, attn[:, rows, cols, :, k:k + 1])
-            if need_w:
-                dot_last_into(grad_a[:, rows, cols, :, k], g_k, xg[:, in_rows, in_cols],
-                              scratch)
+    for k, (rows, cols), (in_rows, in_cols) in geom.tap_windows(blocks):
+        g_k = g[:, rows, cols]
+        if need_v:
+            grad_x[:, in_rows, in_cols].addcmul_(g_k, attn[:, rows, cols, :, k:k + 1])
+        if need_w:
+            dot_last_into(grad_a[:, rows, cols, :, k], g_k, xg[:, in_rows, in_cols],
+                          scratch)
     if grad_a is not None:
         if normalize:
             softmax_last_backward(grad_a, attn)
@@ -205,14 +195,9 @@ def shifted_similarity_forward(query: torch.Tensor, key: torch.Tensor, kernel_si
     blocks = row_blocks(query)
     scratch = qg.new_empty((geom.batch, max(stop - start for start, stop in blocks),
                             *qg.shape[2:]))
-    for block in blocks:
-        for k in range(geom.taps):
-            slices = geom.tap_slices(k, block)
-            if slices is None:
-                continue
-            (rows, cols), (in_rows, in_cols) = slices
-            dot_last_into(logits[k, :, rows, cols], qg[:, rows, cols], kg[:, in_rows, in_cols],
-                          scratch)
+    for k, (rows, cols), (in_rows, in_cols) in geom.tap_windows(blocks):
+        dot_last_into(logits[k, :, rows, cols], qg[:, rows, cols], kg[:, in_rows, in_cols],
+                      scratch)
     return logits.movedim(0, -1).to(query.dtype).contiguous()
 
 
@@ -227,17 +212,12 @@ def shifted_similarity_backward(grad: torch.Tensor, query: torch.Tensor, key: to
     gl = grad.to(qg.dtype).movedim(-1, 0).contiguous()  # (K*K, B, H, W, G)
     grad_q = qg.new_zeros(qg.shape) if need_q else None
     grad_k = kg.new_zeros(kg.shape) if need_k else None
-    for block in row_blocks(query):
-        for k in range(geom.taps):
-            slices = geom.tap_slices(k, block)
-            if slices is None:
-                continue
-            (rows, cols), (in_rows, in_cols) = slices
-            glk = gl[k, :, rows, cols, :, None]
-            if need_q:
-                grad_q[:, rows, cols].addcmul_(glk, kg[:, in_rows, in_cols])
-            if need_k:
-                grad_k[:, in_rows, in_cols].addcmul_(glk, qg[:, rows, cols])
+    for k, (rows, cols), (in_rows, in_cols) in geom.tap_windows(row_blocks(query)):
+        glk = gl[k, :, rows, cols, :, None]
+        if need_q:
+            grad_q[:, rows, cols].addcmul_(glk, kg[:, in_rows, in_cols])
+        if need_k:
+            grad_k[:, in_rows, in_cols].addcmul_(glk, qg[:, rows, cols])
     return tuple(None if t is None else t.flatten(-2).to(ref.dtype)
                  for t, ref in ((grad_q, query), (grad_k, key)))
 
@@ -281,9 +261,8 @@ def attend_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_rows:
     scratch = qg.new_empty((geom.batch, max(stop - start for start, stop in blocks),
                             *qg.shape[2:]))
     for r0, r1 in blocks:
-        taps = [(t, sl) for t in range(geom.taps)
-                if (sl := geom.tap_slices(t, (r0, r1))) is not None]
-        for t, ((rows, cols), (in_rows, in_cols)) in taps:
+        taps = list(geom.tap_windows([(r0, r1)]))
+        for t, (rows, cols), (in_rows, in_cols) in taps:
             dot_last_into(attn[t, :, rows, cols], qg[:, rows, cols], kg[:, in_rows, in_cols],
                           scratch)
         logits = attn[:, :, r0:r1]
@@ -291,7 +270,7 @@ def attend_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_rows:
         grid.add_(b_rows[:, None, :, r0:r1])
         grid.add_(b_cols[None, :, :, r0:r1])
         softmax_first_(logits)
-        for t, ((rows, cols), (in_rows, in_cols)) in taps:
+        for t, (rows, cols), (in_rows, in_cols) in taps:
             out[:, rows, cols].addcmul_(attn[t, :, rows, cols, :, None], vg[:, in_rows, in_cols])
     return out.flatten(-2).to(v.dtype), attn
 
@@ -316,16 +295,15 @@ def attend_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     scratch = qg.new_empty((geom.batch, max(stop - start for start, stop in blocks),
                             *qg.shape[2:]))
     for r0, r1 in blocks:
-        taps = [(t, sl) for t in range(geom.taps)
-                if (sl := geom.tap_slices(t, (r0, r1))) is not None]
-        for t, ((rows, cols), (in_rows, in_cols)) in taps:
+        taps = list(geom.tap_windows([(r0, r1)]))
+        for t, (rows, cols), (in_rows, in_cols) in taps:
             g_t = g[:, rows, cols]
             dot_last_into(grad_l[t, :, rows, cols], g_t, vg[:, in_rows, in_cols], scratch)
             if need_v:
                 grad_v[:, in_rows, in_cols].addcmul_(attn[t, :, rows, cols, :, None], g_t)
         gl, a = grad_l[:, :, r0:r1], attn[:, :, r0:r1]  # softmax backward (A = 0 off-image)
         gl.sub_((gl * a).sum(dim=0, keepdim=True)).mul_(a)
-        for t, ((rows, cols), (in_rows, in_cols)) in taps:
+        for t, (rows, cols), (in_rows, in_cols) in taps:
             gl_t = grad_l[t, :, rows, cols, :, None]
             if need_q:
                 grad_q[:, rows, cols].addcmul_(gl_t, kg[:, in_rows, in_cols])
