@@ -354,12 +354,7 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
         static_shape, attn = attn.shape, _per_channel_taps(attn, geom.channels)
         grad_attn = attn.new_zeros(attn.shape) if need_w else None
     deform = offset is not None
-    if deform:
-        grad_buf = torch.zeros_like(src) if need_v else None
-        grad_off = offset.new_zeros(offset.shape) if need_off else None
-    else:
-        grad_buf = sampler.new_grad(value) if need_v else None
-        grad_off = None
+    grad_buf, grad_off = _grad_buffers(sampler, src, offset, need_v, need_off)
     blocks = blocks_of(geom, geom.channels * 6 + _corner_cache_elems(geom, offset),
                        DEFORM_BLOCK_ELEMS) if deform else blocks_of(geom, geom.channels * 2)
     for r0, r1 in blocks:
@@ -387,6 +382,16 @@ def aggregate_backward(grad_out: torch.Tensor, value: torch.Tensor, attn: torch.
     return grad_v, grad_attn, grad_off
 
 
+def _grad_buffers(sampler: FixedSampler | DeformSampler, src: torch.Tensor,
+                  offset: torch.Tensor | None, need_v: bool, need_off: bool) -> tuple:
+    """Zero gradient buffers (None where not wanted): of the sampled source (``src``'s layout,
+    the fixed sampler's padded one) and of the offsets (None without offsets)."""
+    if offset is None:
+        return (sampler.new_grad(src) if need_v else None), None
+    return (torch.zeros_like(src) if need_v else None,
+            offset.new_zeros(offset.shape) if need_off else None)
+
+
 def _fold_backward(grad_out: torch.Tensor, src: torch.Tensor, attn: torch.Tensor,
                    offset: torch.Tensor | None, sampler: FixedSampler | DeformSampler,
                    geom: Geometry, split: tuple[int, int], static: bool,
@@ -399,12 +404,7 @@ def _fold_backward(grad_out: torch.Tensor, src: torch.Tensor, attn: torch.Tensor
     deform = offset is not None
     fixed = FixedSampler(geom) if deform else sampler
     grad_attn = attn.new_zeros(attn.shape) if need_w else None
-    if deform:
-        grad_buf = torch.zeros_like(src) if need_v else None
-        grad_off = offset.new_zeros(offset.shape) if need_off else None
-    else:
-        grad_buf = sampler.new_grad(src) if need_v else None
-        grad_off = None
+    grad_buf, grad_off = _grad_buffers(sampler, src, offset, need_v, need_off)
     gsrc = fixed.prepare(grad_out)
     for r0, r1 in blocks_of(geom, geom.channels * kk * 4 + _corner_cache_elems(geom, offset)):
         gy = _windows(fixed, gsrc, r0, r1, split, kk)
